@@ -1,0 +1,66 @@
+//! The plain-HTTP admin listener (SPEC §8): `/healthz`, `/readyz`, `/metrics`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::body::{ProxyBody, full};
+use crate::proxy::Gateway;
+
+/// Serves admin requests until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = &mut shutdown => return,
+            a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+        };
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let gw = gw.clone();
+                async move { Ok::<_, Infallible>(answer(&gw, &req)) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+        });
+    }
+}
+
+/// Why the proxy is not ready, if it is not.
+pub fn not_ready(gw: &Gateway) -> Option<&'static str> {
+    if !gw.authn.ready() {
+        Some("issuer keys are not loaded")
+    } else if !gw.audit.healthy() {
+        Some("the audit log cannot be written")
+    } else {
+        None
+    }
+}
+
+fn answer<B>(gw: &Gateway, req: &Request<B>) -> Response<ProxyBody> {
+    let text = |status: StatusCode, body: String, content_type: &'static str| {
+        let mut r = Response::new(full(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+        r
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into(), "text/plain");
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+        "/readyz" => match not_ready(gw) {
+            None => text(StatusCode::OK, "ready\n".into(), "text/plain"),
+            Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"), "text/plain"),
+        },
+        "/metrics" => text(StatusCode::OK, gw.metrics.render(), "text/plain; version=0.0.4"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
+    }
+}

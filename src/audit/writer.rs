@@ -1,0 +1,943 @@
+//! The audit writer: one task that chains, batches, writes and rotates records.
+//!
+//! Producers hold an [`AuditSink`] (a bounded queue sender). The single
+//! [`AuditWriter`] task encodes each record with the hash of the one before,
+//! collects what is queued into one batch, and hands the batch to a blocking
+//! thread that writes it. A batch is written as soon as the queue is
+//! momentarily empty (still empty after one scheduler turn, so that
+//! concurrent producers share a batch), when it reaches 256 KiB, or after
+//! 50 ms of continuous draining, whichever comes first.
+//!
+//! The batch buffer plays the part of a `BufWriter`, but tracks exactly how
+//! many bytes reached the OS: after a failed or partial write, the retry
+//! resumes at the first unwritten byte, so no record is lost or duplicated.
+//! While writes fail the writer stops taking from the queue; once the queue is
+//! full, producers wait in [`AuditSink::reserve`]: a request waits rather than
+//! goes unrecorded.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::event::{AuditEvent, ChainHash, encode_record};
+use super::verify::parse_line;
+
+/// Rotation threshold used by [`AuditConfig::new`]: 100 MiB.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 100 * 1024 * 1024;
+/// Queue capacity used by [`AuditConfig::new`].
+pub const DEFAULT_CHANNEL_CAPACITY: usize = 16_384;
+
+/// A batch is written at least this often while records keep arriving.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+/// After a failed write, the next attempt comes this much later.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// A batch is written once it holds this many bytes.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// Where records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditPath {
+    /// Appended to this file, rotated by size.
+    File(PathBuf),
+    /// Written to standard output (config value `"-"`); never rotated.
+    Stdout,
+}
+
+impl AuditPath {
+    /// Reads the config value `[audit] path`: `"-"` is stdout; a relative
+    /// path is taken relative to `config_dir`.
+    pub fn from_config(value: &str, config_dir: &Path) -> Self {
+        if value == "-" { Self::Stdout } else { Self::File(config_dir.join(value)) }
+    }
+}
+
+/// Settings of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Where records go.
+    pub path: AuditPath,
+    /// The file is rotated once it exceeds this many bytes.
+    pub max_file_bytes: u64,
+    /// How many records may wait for the writer before producers wait (at least 1).
+    pub channel_capacity: usize,
+}
+
+impl AuditConfig {
+    /// The defaults: rotation at 100 MiB, a queue of 16384 records.
+    pub fn new(path: AuditPath) -> Self {
+        Self { path, max_file_bytes: DEFAULT_MAX_FILE_BYTES, channel_capacity: DEFAULT_CHANNEL_CAPACITY }
+    }
+}
+
+/// The writer task has stopped; the record was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditClosed;
+
+impl fmt::Display for AuditClosed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the audit writer has stopped")
+    }
+}
+
+impl std::error::Error for AuditClosed {}
+
+/// What travels from the sinks to the writer.
+#[expect(clippy::large_enum_variant, reason = "almost every message is a record; boxing it would add an allocation per request")]
+enum Message {
+    /// A record stamped with the time it entered the queue.
+    Record(OffsetDateTime, AuditEvent),
+    /// Answered once everything queued before it is written.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The producer side of the audit log. Cheap to clone.
+#[derive(Clone)]
+pub struct AuditSink {
+    queue: mpsc::Sender<Message>,
+    health: watch::Receiver<bool>,
+}
+
+/// Room for one record in the writer queue, reserved ahead of time.
+///
+/// Dropping a slot without sending gives the room back.
+pub struct AuditSlot {
+    permit: mpsc::OwnedPermit<Message>,
+}
+
+/// The task side of the audit log; drive it with [`AuditWriter::run`].
+pub struct AuditWriter {
+    queue: mpsc::Receiver<Message>,
+    health: watch::Sender<bool>,
+    output: Output,
+    head: ChainHash,
+    retry_interval: Duration,
+}
+
+/// Opens (creating it and its folder if needed) the audit log and recovers
+/// the head of the hash chain, so that the first new record links to the
+/// last one already written: the last complete line of the file, or, when
+/// the file is empty or missing, of the newest rotated file. With neither,
+/// the chain starts at 64 zeros. Fails when that last line is not a valid
+/// record: appending to a damaged log would hide the damage.
+pub fn open(cfg: &AuditConfig) -> io::Result<(AuditSink, AuditWriter)> {
+    let (target, head) = match &cfg.path {
+        AuditPath::Stdout => (Target::Stdout, ChainHash::GENESIS),
+        AuditPath::File(path) => FileTarget::open(path)?,
+    };
+    Ok(assemble(target, head, cfg.max_file_bytes, cfg.channel_capacity))
+}
+
+fn assemble(target: Target, head: ChainHash, max_file_bytes: u64, capacity: usize) -> (AuditSink, AuditWriter) {
+    let (queue_tx, queue_rx) = mpsc::channel(capacity.max(1));
+    let (health_tx, health_rx) = watch::channel(true);
+    let sink = AuditSink { queue: queue_tx, health: health_rx };
+    let writer = AuditWriter {
+        queue: queue_rx,
+        health: health_tx,
+        output: Output { target, pending: Vec::with_capacity(BATCH_BYTES + 4096), written: 0, rotate_due: false, max_file_bytes },
+        head,
+        retry_interval: RETRY_INTERVAL,
+    };
+    (sink, writer)
+}
+
+impl AuditSink {
+    /// Reserves room for one record. Awaits when the queue is full: requests
+    /// wait rather than go unrecorded.
+    pub async fn reserve(&self) -> Result<AuditSlot, AuditClosed> {
+        let permit = self.queue.clone().reserve_owned().await.map_err(|_| AuditClosed)?;
+        Ok(AuditSlot { permit })
+    }
+
+    /// Sends without a prior reservation (for refresh and reload events);
+    /// awaits room in the queue. The record's `ts` is the time it is queued.
+    pub async fn send(&self, event: AuditEvent) -> Result<(), AuditClosed> {
+        self.reserve().await?.send(event);
+        Ok(())
+    }
+
+    /// `false` while the last write failed (disk full, ...); `/readyz`
+    /// answers 503 then. `true` again once a write succeeds.
+    pub fn healthy(&self) -> bool {
+        *self.health.borrow()
+    }
+
+    /// Resolves once every record sent before this call is written and
+    /// flushed to the OS (not fsynced). Waits as long as writes fail.
+    pub async fn flush(&self) -> Result<(), AuditClosed> {
+        let (done_tx, done_rx) = oneshot::channel();
+        self.queue.send(Message::Flush(done_tx)).await.map_err(|_| AuditClosed)?;
+        done_rx.await.map_err(|_| AuditClosed)
+    }
+}
+
+impl fmt::Debug for AuditSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditSink").field("healthy", &self.healthy()).field("queue_room", &self.queue.capacity()).finish()
+    }
+}
+
+impl AuditSlot {
+    /// Queues the record, stamped with the current time. Synchronous and
+    /// infallible, so it can be called from a `Drop` impl. If the writer has
+    /// stopped meanwhile, the record is discarded with the queue.
+    pub fn send(self, event: AuditEvent) {
+        let _sender = self.permit.send(Message::Record(OffsetDateTime::now_utc(), event));
+    }
+}
+
+impl fmt::Debug for AuditSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuditSlot")
+    }
+}
+
+impl fmt::Debug for AuditWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditWriter").field("target", &self.output.target.to_string()).field("prev_hash", &self.head).finish()
+    }
+}
+
+impl AuditWriter {
+    /// Writes records until every [`AuditSink`] clone (and every
+    /// [`AuditSlot`]) is dropped, then writes what is left, syncs the file
+    /// and returns. Failed writes are retried every second, forever: a
+    /// record is never dropped.
+    pub async fn run(self) {
+        let Self { mut queue, health, mut output, mut head, retry_interval } = self;
+        let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
+        while let Some(message) = queue.recv().await {
+            let batch_started = Instant::now();
+            accept(message, &mut output, &mut head, &mut waiters);
+            let mut yielded = false;
+            while !output.batch_full() && batch_started.elapsed() < FLUSH_INTERVAL {
+                match queue.try_recv() {
+                    Ok(message) => accept(message, &mut output, &mut head, &mut waiters),
+                    // Let producers that are about to send join this batch:
+                    // one scheduler turn, not a timer.
+                    Err(mpsc::error::TryRecvError::Empty) if !yielded => {
+                        yielded = true;
+                        tokio::task::yield_now().await;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let Some(back) = commit(output, &health, retry_interval).await else {
+                return;
+            };
+            output = back;
+            for waiter in waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+        let synced = tokio::task::spawn_blocking(move || output.target.sync()).await;
+        match synced {
+            Ok(Ok(())) => tracing::debug!("audit writer stopped"),
+            Ok(Err(error)) => tracing::error!(%error, "audit log could not be synced at shutdown"),
+            Err(error) => tracing::error!(%error, "audit log sync task failed at shutdown"),
+        }
+    }
+}
+
+/// Adds one message to the current batch.
+fn accept(message: Message, output: &mut Output, head: &mut ChainHash, waiters: &mut Vec<oneshot::Sender<()>>) {
+    match message {
+        Message::Flush(waiter) => waiters.push(waiter),
+        Message::Record(ts, event) => match encode_record(ts, &event, head, &mut output.pending) {
+            Ok(hash) => {
+                *head = hash;
+                output.note_appended();
+            }
+            Err(error) => tracing::error!(
+                event = event.name(),
+                %error,
+                "audit record could not be encoded and was not written"
+            ),
+        },
+    }
+}
+
+/// Writes the batch (and rotates if due) on a blocking thread, retrying
+/// until it succeeds. `None` only if the blocking task itself died.
+async fn commit(mut output: Output, health: &watch::Sender<bool>, retry_interval: Duration) -> Option<Output> {
+    if !output.has_work() {
+        return Some(output);
+    }
+    loop {
+        let attempt = tokio::task::spawn_blocking(move || {
+            let result = output.drive();
+            (output, result)
+        })
+        .await;
+        let (back, result) = match attempt {
+            Ok(done) => done,
+            Err(error) => {
+                tracing::error!(%error, "audit writer I/O task failed; unwritten records are lost");
+                health.send_replace(false);
+                return None;
+            }
+        };
+        output = back;
+        match result {
+            Ok(()) => {
+                if !*health.borrow() {
+                    tracing::info!("audit log is writable again; held records were written");
+                    health.send_replace(true);
+                }
+                return Some(output);
+            }
+            Err(error) => {
+                tracing::error!(
+                    %error,
+                    audit_log = %output.target,
+                    unwritten_bytes = output.pending.len() - output.written,
+                    "AUDIT LOG WRITE FAILED: records are held in memory and retried every second; \
+                     requests wait once the queue is full and /readyz reports 503"
+                );
+                health.send_replace(false);
+                tokio::time::sleep(retry_interval).await;
+            }
+        }
+    }
+}
+
+/// The batch and where it goes.
+struct Output {
+    target: Target,
+    /// Encoded records not yet (completely) written.
+    pending: Vec<u8>,
+    /// How many bytes at the start of `pending` already reached the OS.
+    written: usize,
+    /// Rotate once `pending` is written.
+    rotate_due: bool,
+    max_file_bytes: u64,
+}
+
+impl Output {
+    /// Marks rotation due once the file plus the batch exceed the threshold;
+    /// the batch then closes, so that later records go to the new file.
+    fn note_appended(&mut self) {
+        if let Some(size) = self.target.rotating_size() {
+            let unwritten = (self.pending.len() - self.written) as u64;
+            if size.saturating_add(unwritten) > self.max_file_bytes {
+                self.rotate_due = true;
+            }
+        }
+    }
+
+    fn batch_full(&self) -> bool {
+        self.rotate_due || self.pending.len() >= BATCH_BYTES
+    }
+
+    fn has_work(&self) -> bool {
+        self.written < self.pending.len() || self.rotate_due || self.target.needs_reopen()
+    }
+
+    /// Writes the rest of the batch, then rotates if due. Resumable: after an
+    /// error, calling it again continues where it stopped.
+    fn drive(&mut self) -> io::Result<()> {
+        while self.written < self.pending.len() {
+            match self.target.write(&self.pending[self.written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.written += n,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        self.pending.clear();
+        self.written = 0;
+        if self.rotate_due {
+            self.target.rotate()?;
+            self.rotate_due = false;
+        }
+        self.target.flush()
+    }
+}
+
+/// The destination of the bytes.
+enum Target {
+    File(FileTarget),
+    Stdout,
+    #[cfg(test)]
+    Mock(std::sync::Arc<tests::MockDisk>),
+}
+
+impl Target {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::File(file) => file.write(bytes),
+            Self::Stdout => io::stdout().lock().write(bytes),
+            #[cfg(test)]
+            Self::Mock(disk) => disk.write(bytes),
+        }
+    }
+
+    /// Pushes buffered bytes to the OS and makes sure a file is open.
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::File(file) => file.handle().map(|_| ()),
+            Self::Stdout => io::stdout().lock().flush(),
+            #[cfg(test)]
+            Self::Mock(_) => Ok(()),
+        }
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        match self {
+            Self::File(file) => file.sync(),
+            Self::Stdout => io::stdout().lock().flush(),
+            #[cfg(test)]
+            Self::Mock(_) => Ok(()),
+        }
+    }
+
+    /// The current file size, for targets that rotate.
+    fn rotating_size(&self) -> Option<u64> {
+        match self {
+            Self::File(file) if file.regular => Some(file.size),
+            _ => None,
+        }
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        match self {
+            Self::File(file) => file.rotate(),
+            Self::Stdout => Ok(()),
+            #[cfg(test)]
+            Self::Mock(_) => Ok(()),
+        }
+    }
+
+    fn needs_reopen(&self) -> bool {
+        matches!(self, Self::File(file) if file.file.is_none())
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(file) => write!(f, "{}", file.path.display()),
+            Self::Stdout => f.write_str("stdout"),
+            #[cfg(test)]
+            Self::Mock(_) => f.write_str("mock"),
+        }
+    }
+}
+
+/// An append-only file rotated by size.
+struct FileTarget {
+    path: PathBuf,
+    /// `None` after a rotation whose reopen failed; reopened on next use.
+    file: Option<File>,
+    size: u64,
+    /// Only regular files are inspected and rotated (not `/dev/...`).
+    regular: bool,
+    /// Stamp of the newest rotated file; new stamps are strictly later.
+    last_rotation: Option<PrimitiveDateTime>,
+}
+
+impl FileTarget {
+    fn open(path: &Path) -> io::Result<(Target, ChainHash)> {
+        let context = |what: &str, error: io::Error| io::Error::new(error.kind(), format!("{}: {what}: {error}", path.display()));
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            fs::create_dir_all(parent).map_err(|e| context("cannot create folder", e))?;
+        }
+        let mut file = open_append(path).map_err(|e| context("cannot open", e))?;
+        let meta = file.metadata().map_err(|e| context("cannot stat", e))?;
+        let regular = meta.is_file();
+        let mut size = meta.len();
+        let rotated = if regular { rotated_files(path)? } else { Vec::new() };
+        let mut head = None;
+        if regular && size > 0 {
+            let tail = read_tail(path, size).map_err(|e| context("cannot read", e))?;
+            if tail.torn {
+                tracing::warn!(
+                    path = %path.display(),
+                    "audit log ends in an incomplete line (torn write); terminating it, \
+                     `audit verify` will report that line"
+                );
+                file.write_all(b"\n").map_err(|e| context("cannot write", e))?;
+                size += 1;
+            }
+            head = tail.line.map(|line| chain_head(path, &line)).transpose()?;
+        }
+        for older in rotated.iter().rev() {
+            if head.is_some() {
+                break;
+            }
+            let len = fs::metadata(older)?.len();
+            let tail = read_tail(older, len)?;
+            head = tail.line.map(|line| chain_head(older, &line)).transpose()?;
+        }
+        let head = head.unwrap_or(ChainHash::GENESIS);
+        tracing::info!(path = %path.display(), prev_hash = %head, "audit log opened");
+        let target = Self {
+            path: path.to_owned(),
+            file: Some(file),
+            size,
+            regular,
+            last_rotation: rotated.last().and_then(|p| rotation_stamp(path, p)),
+        };
+        Ok((Target::File(target), head))
+    }
+
+    fn handle(&mut self) -> io::Result<&mut File> {
+        if self.file.is_none() {
+            let file = open_append(&self.path)?;
+            self.size = file.metadata()?.len();
+            self.file = Some(file);
+        }
+        match &mut self.file {
+            Some(file) => Ok(file),
+            None => Err(io::Error::other("audit file not open")),
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let n = self.handle()?.write(bytes)?;
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        match &self.file {
+            Some(file) if self.regular => file.sync_data(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Renames the file to `<path>.<yyyymmddTHHMMSS.mmm>Z`; the new file is
+    /// opened by the next [`Target::flush`] or write. If the rename fails
+    /// nothing changed and the rotation is retried.
+    fn rotate(&mut self) -> io::Result<()> {
+        self.sync()?;
+        let mut stamp = truncate_to_millis(OffsetDateTime::now_utc());
+        if let Some(last) = self.last_rotation
+            && stamp <= last
+        {
+            stamp = last + time::Duration::MILLISECOND;
+        }
+        while rotated_name(&self.path, stamp).exists() {
+            stamp += time::Duration::MILLISECOND;
+        }
+        let rotated = rotated_name(&self.path, stamp);
+        fs::rename(&self.path, &rotated)?;
+        tracing::info!(rotated = %rotated.display(), "audit log rotated");
+        self.last_rotation = Some(stamp);
+        self.file = None;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o640);
+    options.open(path)
+}
+
+fn truncate_to_millis(now: OffsetDateTime) -> PrimitiveDateTime {
+    let now = now.replace_millisecond(now.millisecond()).unwrap_or(now);
+    PrimitiveDateTime::new(now.date(), now.time())
+}
+
+fn rotated_name(path: &Path, stamp: PrimitiveDateTime) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(
+        ".{:04}{:02}{:02}T{:02}{:02}{:02}.{:03}Z",
+        stamp.year(),
+        u8::from(stamp.month()),
+        stamp.day(),
+        stamp.hour(),
+        stamp.minute(),
+        stamp.second(),
+        stamp.millisecond()
+    ));
+    path.with_file_name(name)
+}
+
+/// The stamp of a rotated file of `path`, if `candidate` is one.
+fn rotation_stamp(path: &Path, candidate: &Path) -> Option<PrimitiveDateTime> {
+    let base = path.file_name()?.to_str()?;
+    let name = candidate.file_name()?.to_str()?;
+    let stamp = name.strip_prefix(base)?.strip_prefix('.')?.as_bytes();
+    // yyyymmddTHHMMSS.mmmZ
+    if stamp.len() != 20 || stamp[8] != b'T' || stamp[15] != b'.' || stamp[19] != b'Z' {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| -> Option<u32> {
+        let digits = &stamp[range];
+        digits.iter().try_fold(0u32, |n, &d| d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0')))
+    };
+    let date = Date::from_calendar_date(
+        i32::try_from(number(0..4)?).ok()?,
+        Month::try_from(u8::try_from(number(4..6)?).ok()?).ok()?,
+        u8::try_from(number(6..8)?).ok()?,
+    )
+    .ok()?;
+    let time = Time::from_hms_milli(
+        u8::try_from(number(9..11)?).ok()?,
+        u8::try_from(number(11..13)?).ok()?,
+        u8::try_from(number(13..15)?).ok()?,
+        u16::try_from(number(16..19)?).ok()?,
+    )
+    .ok()?;
+    Some(PrimitiveDateTime::new(date, time))
+}
+
+/// The rotated files of the audit log at `path`, oldest first (their names
+/// sort by time). Together with `path` itself, this is the whole log in
+/// order, as `audit verify` expects it.
+pub fn rotated_files(path: &Path) -> io::Result<Vec<PathBuf>> {
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let candidate = path.with_file_name(entry?.file_name());
+        if rotation_stamp(path, &candidate).is_some() {
+            found.push(candidate);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The end of a file: its last newline-terminated line, and whether bytes
+/// without a newline follow it.
+struct Tail {
+    line: Option<Vec<u8>>,
+    torn: bool,
+}
+
+fn read_tail(path: &Path, len: u64) -> io::Result<Tail> {
+    let mut file = File::open(path)?;
+    let mut window: u64 = 64 * 1024;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start))?;
+        let mut buf = Vec::new();
+        (&mut file).take(len - start).read_to_end(&mut buf)?;
+        let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
+            if start == 0 {
+                return Ok(Tail { line: None, torn: !buf.is_empty() });
+            }
+            window = window.saturating_mul(2);
+            continue;
+        };
+        let torn = end + 1 != buf.len();
+        match buf[..end].iter().rposition(|&b| b == b'\n') {
+            Some(newline) => {
+                return Ok(Tail { line: Some(buf[newline + 1..end].to_vec()), torn });
+            }
+            None if start == 0 => {
+                buf.truncate(end);
+                return Ok(Tail { line: Some(buf), torn });
+            }
+            None => window = window.saturating_mul(2),
+        }
+    }
+}
+
+fn chain_head(path: &Path, line: &[u8]) -> io::Result<ChainHash> {
+    parse_line(line).map(|record| record.hash).map_err(|why| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: the last record cannot continue the hash chain ({why}); \
+                 run `gatehouse audit verify` and move the damaged file aside",
+                path.display()
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::event::sample_request;
+    use crate::audit::verify::verify_files;
+    use std::future::Future;
+    use std::pin::pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::Poll;
+
+    /// An in-memory disk that accepts `budget` more bytes (all when `None`),
+    /// then fails like a full disk.
+    #[derive(Default)]
+    pub(super) struct MockDisk {
+        data: Mutex<Vec<u8>>,
+        budget: Mutex<Option<usize>>,
+    }
+
+    impl MockDisk {
+        pub(super) fn write(&self, bytes: &[u8]) -> io::Result<usize> {
+            let mut budget = self.budget.lock().unwrap();
+            let n = match *budget {
+                Some(0) => return Err(io::ErrorKind::StorageFull.into()),
+                Some(left) => {
+                    let n = left.min(bytes.len());
+                    *budget = Some(left - n);
+                    n
+                }
+                None => bytes.len(),
+            };
+            self.data.lock().unwrap().extend_from_slice(&bytes[..n]);
+            Ok(n)
+        }
+    }
+
+    fn config(path: &Path, max_file_bytes: u64) -> AuditConfig {
+        AuditConfig { max_file_bytes, ..AuditConfig::new(AuditPath::File(path.to_owned())) }
+    }
+
+    /// Opens the log, writes records `ids`, and lets the writer finish by
+    /// dropping the sink: `run` must write everything before returning.
+    async fn write_records(cfg: &AuditConfig, ids: std::ops::Range<usize>) {
+        let (sink, writer) = open(cfg).unwrap();
+        let task = tokio::spawn(writer.run());
+        for id in ids {
+            sink.send(sample_request(id)).await.unwrap();
+        }
+        drop(sink);
+        task.await.unwrap();
+    }
+
+    fn whole_log(path: &Path) -> Vec<PathBuf> {
+        let mut files = rotated_files(path).unwrap();
+        files.push(path.to_owned());
+        files
+    }
+
+    fn request_ids(files: &[PathBuf]) -> Vec<String> {
+        files
+            .iter()
+            .flat_map(|f| {
+                std::fs::read_to_string(f)
+                    .unwrap()
+                    .lines()
+                    .map(|l| {
+                        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                        v["request_id"].as_str().unwrap().to_owned()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn expected_ids(ids: std::ops::Range<usize>) -> Vec<String> {
+        ids.map(|i| format!("req-{i}")).collect()
+    }
+
+    async fn poll_once<F: Future>(mut future: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
+    }
+
+    #[tokio::test]
+    async fn chain_continues_across_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs/audit.jsonl");
+        write_records(&config(&path, 1000), 0..10).await;
+        let files = whole_log(&path);
+        assert!(files.len() >= 4, "rotated: {files:?}");
+        let summary = verify_files(&files).unwrap();
+        assert_eq!(summary.records, 10);
+        assert_eq!(summary.starts_after, None);
+        assert_eq!(request_ids(&files), expected_ids(0..10));
+    }
+
+    #[tokio::test]
+    async fn chain_continues_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let cfg = config(&path, DEFAULT_MAX_FILE_BYTES);
+        write_records(&cfg, 0..3).await;
+        write_records(&cfg, 3..6).await;
+        let summary = verify_files(std::slice::from_ref(&path)).unwrap();
+        assert_eq!((summary.records, summary.starts_after), (6, None));
+        assert_eq!(request_ids(&[path]), expected_ids(0..6));
+    }
+
+    #[tokio::test]
+    async fn reopen_with_an_empty_current_file_continues_from_the_newest_rotated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        // Every record rotates, so the current file is empty at each reopen.
+        let cfg = config(&path, 1);
+        write_records(&cfg, 0..3).await;
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        write_records(&cfg, 3..5).await;
+        let files = whole_log(&path);
+        assert_eq!(files.len(), 6);
+        assert_eq!(verify_files(&files).unwrap().records, 5);
+        assert_eq!(request_ids(&files), expected_ids(0..5));
+    }
+
+    #[tokio::test]
+    async fn reserved_slot_is_sent_from_drop_when_the_request_is_cancelled() {
+        struct RequestGuard(Option<AuditSlot>);
+        impl Drop for RequestGuard {
+            fn drop(&mut self) {
+                if let Some(slot) = self.0.take() {
+                    slot.send(sample_request(42));
+                }
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (sink, writer) = open(&config(&path, DEFAULT_MAX_FILE_BYTES)).unwrap();
+        let writer = tokio::spawn(writer.run());
+        let (reserved_tx, reserved_rx) = oneshot::channel();
+        let request_sink = sink.clone();
+        let request = tokio::spawn(async move {
+            let _guard = RequestGuard(Some(request_sink.reserve().await.unwrap()));
+            reserved_tx.send(()).unwrap();
+            std::future::pending::<()>().await;
+        });
+        reserved_rx.await.unwrap();
+        request.abort();
+        assert!(request.await.unwrap_err().is_cancelled());
+        sink.flush().await.unwrap();
+        assert_eq!(request_ids(std::slice::from_ref(&path)), expected_ids(42..43));
+        drop(sink);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn full_queue_makes_reserve_wait_until_the_writer_drains() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let cfg = AuditConfig { channel_capacity: 1, ..config(&path, DEFAULT_MAX_FILE_BYTES) };
+        let (sink, writer) = open(&cfg).unwrap();
+        let first = sink.reserve().await.unwrap();
+        let (second, writer) = {
+            let mut second = pin!(sink.reserve());
+            assert!(poll_once(second.as_mut()).await.is_pending());
+            first.send(sample_request(1));
+            // The record now holds the only place; nobody has drained it yet.
+            assert!(poll_once(second.as_mut()).await.is_pending());
+            let writer = tokio::spawn(writer.run());
+            (second.await.unwrap(), writer)
+        };
+        second.send(sample_request(2));
+        sink.flush().await.unwrap();
+        assert_eq!(request_ids(std::slice::from_ref(&path)), expected_ids(1..3));
+        drop(sink);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn failed_writes_mark_the_log_unhealthy_and_no_record_is_lost() {
+        let disk = Arc::new(MockDisk::default());
+        *disk.budget.lock().unwrap() = Some(100); // part of the first record, then "disk full"
+        let (sink, mut writer) = assemble(Target::Mock(disk.clone()), ChainHash::GENESIS, u64::MAX, 16);
+        writer.retry_interval = Duration::from_millis(5);
+        let writer = tokio::spawn(writer.run());
+        assert!(sink.healthy());
+        for id in 0..3 {
+            sink.send(sample_request(id)).await.unwrap();
+        }
+        sink.health.clone().wait_for(|healthy| !healthy).await.unwrap();
+        assert!(!sink.healthy());
+        for id in 3..5 {
+            sink.send(sample_request(id)).await.unwrap();
+        }
+        *disk.budget.lock().unwrap() = None; // space freed
+        sink.flush().await.unwrap();
+        assert!(sink.healthy());
+        drop(sink);
+        writer.await.unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("audit.jsonl");
+        std::fs::write(&file, &*disk.data.lock().unwrap()).unwrap();
+        assert_eq!(verify_files(std::slice::from_ref(&file)).unwrap().records, 5);
+        assert_eq!(request_ids(&[file]), expected_ids(0..5));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn writing_to_a_full_device_marks_the_log_unhealthy() {
+        let cfg = AuditConfig::new(AuditPath::File(PathBuf::from("/dev/full")));
+        let (sink, writer) = open(&cfg).unwrap();
+        let writer = tokio::spawn(writer.run());
+        sink.send(sample_request(1)).await.unwrap();
+        sink.health.clone().wait_for(|healthy| !healthy).await.unwrap();
+        assert!(!sink.healthy());
+        writer.abort();
+    }
+
+    #[tokio::test]
+    async fn torn_last_line_is_terminated_and_the_chain_skips_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let cfg = config(&path, DEFAULT_MAX_FILE_BYTES);
+        write_records(&cfg, 0..2).await;
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"ts\":\"2026-").unwrap();
+        write_records(&cfg, 2..3).await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[2], "{\"ts\":\"2026-");
+        let error = verify_files(std::slice::from_ref(&path)).unwrap_err();
+        assert_eq!(error.line, 3, "{error}");
+        let second = parse_line(lines[1].as_bytes()).unwrap();
+        assert_eq!(parse_line(lines[3].as_bytes()).unwrap().prev, second.hash);
+    }
+
+    #[test]
+    fn a_damaged_last_record_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(&path, "garbage\n").unwrap();
+        let error = open(&config(&path, DEFAULT_MAX_FILE_BYTES)).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert!(error.to_string().contains("audit.jsonl"), "{error}");
+    }
+
+    #[test]
+    fn rotated_names_sort_by_time_and_parse_back() {
+        let path = Path::new("/var/log/audit.jsonl");
+        let stamp = truncate_to_millis(time::macros::datetime!(2026-11-28 12:00:00.123456 UTC));
+        let name = rotated_name(path, stamp);
+        assert_eq!(name, Path::new("/var/log/audit.jsonl.20261128T120000.123Z"));
+        assert_eq!(rotation_stamp(path, &name), Some(stamp));
+        let later = rotated_name(path, stamp + time::Duration::MILLISECOND);
+        assert!(name < later);
+        assert_eq!(rotation_stamp(path, Path::new("/var/log/audit.jsonl.old")), None);
+        assert_eq!(rotation_stamp(path, Path::new("/var/log/other.jsonl.20261128T120000.123Z")), None);
+    }
+
+    #[test]
+    fn config_path_dash_means_stdout() {
+        let dir = Path::new("/etc/gatehouse");
+        assert_eq!(AuditPath::from_config("-", dir), AuditPath::Stdout);
+        assert_eq!(AuditPath::from_config("audit/a.jsonl", dir), AuditPath::File(PathBuf::from("/etc/gatehouse/audit/a.jsonl")));
+    }
+
+    #[tokio::test]
+    async fn sending_after_the_writer_stopped_reports_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, writer) = open(&config(&dir.path().join("a"), DEFAULT_MAX_FILE_BYTES)).unwrap();
+        drop(writer);
+        assert_eq!(sink.send(sample_request(1)).await, Err(AuditClosed));
+        assert_eq!(sink.flush().await, Err(AuditClosed));
+    }
+}

@@ -1,0 +1,206 @@
+//! Caller authentication (SPEC §4, §5): exactly one `Authorization: Bearer`
+//! JWT, verified against the issuer's cached keys, becomes a [`Principal`].
+//! Repeat tokens are served from a verified-token cache keyed by a hash of
+//! the token, so the hot path skips signature checks.
+
+mod jwks;
+mod validate;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::HeaderMap;
+
+use crate::authz::Subject;
+use crate::config::IssuerSettings;
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+pub use jwks::Issuer;
+
+/// A caller proven by a valid token. Holds the authorization [`Subject`]
+/// directly (a plain data type) so that no claims are copied per request.
+#[derive(Debug)]
+pub struct Principal {
+    pub subject: Subject,
+    /// The `client_id` claim, else `azp`.
+    pub client_id: Option<String>,
+    pub jti: Option<String>,
+    /// When the verified-token cache must forget this principal.
+    pub cache_until: Instant,
+}
+
+/// A proven caller and the bearer token it presented (for `passthrough` and
+/// `token_exchange`; never logged).
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub principal: Arc<Principal>,
+    pub token: Secret,
+}
+
+/// Why a caller is not authenticated. Each variant is one audit reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthnError {
+    /// No token, a non-Bearer scheme, or an empty Bearer (401, no error code).
+    MissingToken,
+    /// Two `Authorization` headers (400 `invalid_request`).
+    DuplicateAuthorization,
+    Malformed(String),
+    Expired,
+    NotYetValid,
+    BadSignature,
+    UnknownKey,
+    BadIssuer,
+    BadAudience,
+    BadAlgorithm(String),
+}
+
+impl AuthnError {
+    /// The audit reason code (SPEC §7).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MissingToken => "missing_token",
+            Self::DuplicateAuthorization | Self::Malformed(_) => "malformed_token",
+            Self::Expired => "token_expired",
+            Self::NotYetValid => "token_not_yet_valid",
+            Self::BadSignature => "bad_signature",
+            Self::UnknownKey => "unknown_key",
+            Self::BadIssuer => "bad_issuer",
+            Self::BadAudience => "bad_audience",
+            Self::BadAlgorithm(_) => "bad_algorithm",
+        }
+    }
+}
+
+impl fmt::Display for AuthnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MissingToken => f.write_str("a bearer token is required"),
+            Self::DuplicateAuthorization => f.write_str("more than one Authorization header"),
+            Self::Malformed(why) => write!(f, "malformed token: {why}"),
+            Self::Expired => f.write_str("the token has expired"),
+            Self::NotYetValid => f.write_str("the token is not valid yet"),
+            Self::BadSignature => f.write_str("the token signature is invalid"),
+            Self::UnknownKey => f.write_str("the token was signed with an unknown key"),
+            Self::BadIssuer => f.write_str("the token issuer is not trusted"),
+            Self::BadAudience => f.write_str("the token audience is not accepted"),
+            Self::BadAlgorithm(why) => write!(f, "the token algorithm is not accepted: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for AuthnError {}
+
+/// All trusted issuers and the verified-token cache. Shared by all threads.
+pub struct Authenticator {
+    issuers: HashMap<String, Arc<Issuer>>,
+    verified: moka::sync::Cache<[u8; 32], Arc<Principal>>,
+    max_token_bytes: usize,
+}
+
+impl Authenticator {
+    /// Builds issuers from config; keys are fetched by [`Authenticator::start`].
+    pub fn new(settings: &[IssuerSettings], metrics: Arc<Metrics>) -> Result<Self, String> {
+        let mut issuers = HashMap::new();
+        for s in settings {
+            issuers.insert(s.issuer.clone(), Arc::new(Issuer::new(s.clone(), metrics.clone())?));
+        }
+        let max_token_bytes = settings.iter().map(|s| s.max_token_bytes).max().unwrap_or(16 * 1024);
+        let verified = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .expire_after(CacheUntil)
+            .build();
+        Ok(Self { issuers, verified, max_token_bytes })
+    }
+
+    /// Spawns each issuer's key refresher (first fetch at once).
+    pub fn start(&self, shutdown: tokio::sync::watch::Receiver<bool>) {
+        for issuer in self.issuers.values() {
+            tokio::spawn(issuer.clone().refresh_loop(shutdown.clone()));
+        }
+    }
+
+    /// True once every issuer has usable keys.
+    pub fn ready(&self) -> bool {
+        self.issuers.values().all(|i| i.has_keys())
+    }
+
+    /// Authenticates the request's bearer token.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Authenticated, AuthnError> {
+        let token = bearer_token(headers)?;
+        if token.len() > self.max_token_bytes {
+            return Err(AuthnError::Malformed(format!("token longer than {} bytes", self.max_token_bytes)));
+        }
+        let key = token_hash(token);
+        if let Some(p) = self.verified.get(&key)
+            && p.cache_until > Instant::now()
+        {
+            return Ok(Authenticated { principal: p, token: Secret::new(token) });
+        }
+        let principal = Arc::new(validate::validate(token, &self.issuers).await?);
+        self.verified.insert(key, principal.clone());
+        Ok(Authenticated { principal, token: Secret::new(token) })
+    }
+}
+
+/// Exactly one `Authorization` header with a non-empty Bearer token; the
+/// scheme is case-insensitive. Tokens in the query string are never read.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthnError> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else { return Err(AuthnError::MissingToken) };
+    if values.next().is_some() {
+        return Err(AuthnError::DuplicateAuthorization);
+    }
+    let value = value.to_str().map_err(|_| AuthnError::Malformed("Authorization header is not visible ASCII".into()))?;
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthnError::MissingToken);
+    }
+    let token = rest.trim_matches(' ');
+    if token.is_empty() {
+        return Err(AuthnError::MissingToken);
+    }
+    Ok(token)
+}
+
+fn token_hash(token: &str) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Verified-token cache entries live until the principal's `cache_until`.
+struct CacheUntil;
+
+impl moka::Expiry<[u8; 32], Arc<Principal>> for CacheUntil {
+    fn expire_after_create(&self, _: &[u8; 32], p: &Arc<Principal>, now: Instant) -> Option<Duration> {
+        Some(p.cache_until.saturating_duration_since(now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(http::header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_extraction() {
+        assert_eq!(bearer_token(&headers(&["Bearer abc"])), Ok("abc"));
+        assert_eq!(bearer_token(&headers(&["bEaReR abc"])), Ok("abc"));
+        assert_eq!(bearer_token(&headers(&[])), Err(AuthnError::MissingToken));
+        assert_eq!(bearer_token(&headers(&["Bearer "])), Err(AuthnError::MissingToken));
+        assert_eq!(bearer_token(&headers(&["Bearer"])), Err(AuthnError::MissingToken));
+        assert_eq!(bearer_token(&headers(&["Basic YWI6Yw=="])), Err(AuthnError::MissingToken));
+        assert_eq!(bearer_token(&headers(&["Bearer a", "Bearer b"])), Err(AuthnError::DuplicateAuthorization));
+    }
+}

@@ -1,0 +1,166 @@
+//! JWT validation (RFC 8725): shape, header, issuer, algorithm against the
+//! allow-list AND the key, signature, time and audience. The token alone
+//! never chooses the key or the algorithm; `jku`, `x5u`, `jwk` and `x5c`
+//! are ignored as key sources.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{Map, Value};
+
+use super::jwks::Issuer;
+use super::{AuthnError, Principal};
+use crate::authz::Subject;
+use crate::config::ScopeClaim;
+
+const ACCEPTED_TYP: [&str; 3] = ["JWT", "at+jwt", "application/at+jwt"];
+
+pub async fn validate(token: &str, issuers: &HashMap<String, Arc<Issuer>>) -> Result<Principal, AuthnError> {
+    let malformed = |why: &str| AuthnError::Malformed(why.to_owned());
+    let parts: Vec<&str> = token.split('.').collect();
+    match parts.len() {
+        3 => {}
+        5 => return Err(malformed("encrypted tokens (JWE) are not accepted")),
+        _ => return Err(malformed("not a compact JWS (three dot-separated parts)")),
+    }
+    let header = decode_object(parts[0]).ok_or_else(|| malformed("header is not base64url JSON"))?;
+    if header.contains_key("enc") {
+        return Err(malformed("encrypted tokens (JWE) are not accepted"));
+    }
+    if header.contains_key("crit") {
+        return Err(malformed("unsupported critical header parameters (crit)"));
+    }
+    match header.get("typ") {
+        None => {}
+        Some(Value::String(t)) if ACCEPTED_TYP.iter().any(|a| a.eq_ignore_ascii_case(t)) => {}
+        Some(_) => return Err(malformed("typ must be JWT or at+jwt")),
+    }
+    let alg_name = match header.get("alg") {
+        Some(Value::String(a)) => a.as_str(),
+        _ => return Err(malformed("header has no alg")),
+    };
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(k)) => Some(k.as_str()),
+        Some(_) => return Err(malformed("kid is not a string")),
+    };
+    // The payload is read unverified only to choose the issuer; nothing
+    // from it is trusted until the signature is checked below.
+    let claims = decode_object(parts[1]).ok_or_else(|| malformed("payload is not base64url JSON"))?;
+    let iss = match claims.get("iss") {
+        Some(Value::String(i)) => i.as_str(),
+        _ => return Err(AuthnError::BadIssuer),
+    };
+    let issuer = issuers.get(iss).ok_or(AuthnError::BadIssuer)?;
+    let settings = &issuer.settings;
+    let alg = parse_alg(alg_name).ok_or_else(|| AuthnError::BadAlgorithm(format!("`{alg_name}` is not allowed")))?;
+    if !settings.algorithms.contains(&alg) {
+        return Err(AuthnError::BadAlgorithm(format!("`{alg_name}` is not allowed for this issuer")));
+    }
+    let key = issuer.key(kid, alg).await.ok_or(AuthnError::UnknownKey)?;
+    if !key.kind.fits(alg) || key.alg.is_some_and(|a| a != alg) {
+        return Err(AuthnError::BadAlgorithm(format!("`{alg_name}` does not fit the key")));
+    }
+    let mut validation = Validation::new(alg);
+    validation.leeway = settings.leeway.as_secs();
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+    validation.set_issuer(&[iss]);
+    validation.set_audience(&settings.audiences);
+    let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation).map_err(|e| match e.kind() {
+        ErrorKind::ExpiredSignature => AuthnError::Expired,
+        ErrorKind::ImmatureSignature => AuthnError::NotYetValid,
+        ErrorKind::InvalidSignature => AuthnError::BadSignature,
+        ErrorKind::InvalidAudience => AuthnError::BadAudience,
+        ErrorKind::MissingRequiredClaim(c) if c == "aud" => AuthnError::BadAudience,
+        ErrorKind::InvalidIssuer => AuthnError::BadIssuer,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => AuthnError::BadAlgorithm("does not fit the key".into()),
+        ErrorKind::MissingRequiredClaim(c) => AuthnError::Malformed(format!("missing required claim `{c}`")),
+        ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidKeyFormat => AuthnError::BadSignature,
+        _ => AuthnError::Malformed("claims could not be read".into()),
+    })?;
+    let claims = data.claims;
+    let now = unix_now();
+    let leeway = settings.leeway.as_secs();
+    let exp = match claims.get("exp").and_then(Value::as_u64) {
+        Some(e) => e,
+        None => return Err(malformed("exp must be a number")),
+    };
+    if let Some(iat) = claims.get("iat") {
+        let iat = iat.as_u64().ok_or_else(|| malformed("iat must be a number"))?;
+        if iat > now + leeway {
+            return Err(AuthnError::NotYetValid);
+        }
+    }
+    let sub = match claims.get("sub") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => return Err(malformed("sub is required")),
+    };
+    let string = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
+    let client_id = string("client_id").or_else(|| string("azp"));
+    let jti = string("jti");
+    let scopes = scopes(&claims, settings.scope_claim);
+    // Cache no longer than the configured TTL, and never past exp.
+    let left = Duration::from_secs((exp + leeway).saturating_sub(now));
+    let cache_until = Instant::now() + left.min(settings.verified_cache_ttl);
+    Ok(Principal {
+        subject: Subject { iss: iss.to_owned(), sub, scopes, claims },
+        client_id,
+        jti,
+        cache_until,
+    })
+}
+
+fn decode_object(part: &str) -> Option<Map<String, Value>> {
+    let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
+    match serde_json::from_slice(&bytes).ok()? {
+        Value::Object(m) => Some(m),
+        _ => None,
+    }
+}
+
+fn parse_alg(name: &str) -> Option<Algorithm> {
+    Some(match name {
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        // none, HS*, and anything else: never with public keys.
+        _ => return None,
+    })
+}
+
+/// Scopes from `scope` (space-separated) and/or `scp` (array).
+pub fn scopes(claims: &Map<String, Value>, which: ScopeClaim) -> Vec<String> {
+    let mut out = Vec::new();
+    if matches!(which, ScopeClaim::Scope | ScopeClaim::Both)
+        && let Some(Value::String(s)) = claims.get("scope")
+    {
+        out.extend(s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned));
+    }
+    if matches!(which, ScopeClaim::Scp | ScopeClaim::Both) {
+        match claims.get("scp") {
+            Some(Value::Array(a)) => out.extend(a.iter().filter_map(Value::as_str).map(str::to_owned)),
+            Some(Value::String(s)) => out.extend(s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned)),
+            _ => {}
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,344 @@
+//! One attempt at the token endpoint: build the grant request, authenticate
+//! the client, read the answer, and for `refresh_token` commit a rotated
+//! refresh token to the store before the access token is handed out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use http::header::AUTHORIZATION;
+use http::{HeaderName, HeaderValue, StatusCode};
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::assertion::Signer;
+use super::slot::{Timing, Token};
+use super::{ClientAuth, OAuthClient, RefreshEvent, RefreshObserver, TokenHttp};
+use crate::secret::Secret;
+use crate::store::CredentialStore;
+
+const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// The env var and value of the crash-test failpoint: abort after a rotated
+/// refresh token was received and before it is committed (the kill -9 test
+/// proves the old token is still in the store then). Nothing else reads it.
+const FAILPOINT_VAR: &str = "GATEHOUSE_FAILPOINT";
+const FAILPOINT_AFTER_ROTATION: &str = "after_rotation_received";
+
+/// Which OAuth grant an upstream uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GrantKind {
+    ClientCredentials,
+    RefreshToken,
+    TokenExchange,
+}
+
+impl GrantKind {
+    /// The name used in `credential_refresh` records and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ClientCredentials => "client_credentials",
+            Self::RefreshToken => "refresh_token",
+            Self::TokenExchange => "token_exchange",
+        }
+    }
+}
+
+/// Everything needed to fetch tokens for one upstream.
+pub(crate) struct Grant {
+    pub upstream: String,
+    pub kind: GrantKind,
+    pub client: OAuthClient,
+    /// The parsed `private_key_jwt` key (or why it could not be parsed).
+    signer: Option<Result<Signer, String>>,
+    pub http: Arc<dyn TokenHttp>,
+    pub store: Option<Arc<dyn CredentialStore>>,
+    pub observer: Arc<dyn RefreshObserver>,
+    pub timing: Timing,
+}
+
+/// A successful token answer, secrets already wrapped.
+struct Answer {
+    access_token: Secret,
+    refresh_token: Option<Secret>,
+    lifetime: Duration,
+}
+
+/// The raw JSON of a token answer. No `Debug`: it holds tokens.
+#[derive(Deserialize)]
+struct RawAnswer {
+    access_token: String,
+    token_type: Option<String>,
+    expires_in: Option<serde_json::Value>,
+    refresh_token: Option<String>,
+}
+
+/// The raw JSON of an OAuth error answer (RFC 6749 §5.2).
+#[derive(Deserialize)]
+struct RawError {
+    error: String,
+    error_description: Option<String>,
+}
+
+/// Why the token endpoint gave no token.
+enum EndpointError {
+    /// It answered with an OAuth error code.
+    OAuth { status: StatusCode, code: String, message: String },
+    /// Anything else, already phrased.
+    Other(String),
+}
+
+impl Grant {
+    pub fn new(
+        upstream: String,
+        kind: GrantKind,
+        client: OAuthClient,
+        http: Arc<dyn TokenHttp>,
+        store: Option<Arc<dyn CredentialStore>>,
+        observer: Arc<dyn RefreshObserver>,
+        timing: Timing,
+    ) -> Self {
+        let signer = match &client.auth {
+            ClientAuth::PrivateKeyJwt { key_pem, key_id } => {
+                let parsed = Signer::from_pem(key_pem, key_id).map_err(|why| format!("private_key_jwt key for upstream {upstream}: {why}"));
+                if let Err(why) = &parsed {
+                    tracing::warn!(upstream, error = %why, "client key unusable");
+                }
+                Some(parsed)
+            }
+            ClientAuth::SecretBasic(_) | ClientAuth::SecretPost(_) => None,
+        };
+        Self { upstream, kind, client, signer, http, store, observer, timing }
+    }
+
+    /// One attempt; the observer hears about it whatever the outcome.
+    /// `subject` is the caller's token (token exchange only).
+    pub async fn fetch(&self, subject: Option<&Secret>) -> Result<Token, String> {
+        let result = self.attempt(subject).await;
+        self.observer.refreshed(RefreshEvent {
+            upstream: self.upstream.clone(),
+            kind: self.kind.name(),
+            ok: result.is_ok(),
+            expires_at: result.as_ref().ok().map(|t| t.expires_at),
+            error: result.as_ref().err().cloned(),
+        });
+        result
+    }
+
+    async fn attempt(&self, subject: Option<&Secret>) -> Result<Token, String> {
+        let issued = Instant::now();
+        let answer = match self.kind {
+            GrantKind::ClientCredentials => {
+                let params = vec![("grant_type", "client_credentials".to_owned())];
+                self.request(params).await.map_err(|e| self.describe(e))?
+            }
+            GrantKind::TokenExchange => {
+                let subject = subject.ok_or("token exchange needs the caller's token")?;
+                let params = vec![
+                    ("grant_type", TOKEN_EXCHANGE_GRANT.to_owned()),
+                    ("subject_token", subject.expose().to_owned()),
+                    ("subject_token_type", ACCESS_TOKEN_TYPE.to_owned()),
+                ];
+                self.request(params).await.map_err(|e| self.describe(e))?
+            }
+            GrantKind::RefreshToken => self.refresh_with_stored_token().await?,
+        };
+        let value = bearer(&answer.access_token).ok_or("the access token holds characters not allowed in an HTTP header")?;
+        Ok(Token::new(value, answer.lifetime, issued, &self.timing))
+    }
+
+    /// RFC 6749 §6 with the stored refresh token; a rotated one is committed
+    /// (compare-and-swap) before the access token may be used.
+    async fn refresh_with_stored_token(&self) -> Result<Answer, String> {
+        let upstream = &self.upstream;
+        let rerun = format!("run `gatehouse credentials set {upstream} --refresh-token-stdin`");
+        let store = self.store.as_ref().ok_or_else(|| format!("upstream {upstream} uses refresh_token but no [store] is configured"))?;
+        let stored = store
+            .get(upstream)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no refresh token stored for upstream {upstream}; {rerun}"))?;
+        let params = vec![("grant_type", "refresh_token".to_owned()), ("refresh_token", stored.expose().to_owned())];
+        let answer = match self.request(params).await {
+            Ok(answer) => answer,
+            Err(EndpointError::OAuth { code, .. }) if code == "invalid_grant" => {
+                return Err(format!("stored refresh token for upstream {upstream} was rejected (invalid_grant); {rerun}"));
+            }
+            Err(other) => return Err(self.describe(other)),
+        };
+        if let Some(rotated) = answer.refresh_token.as_ref().filter(|new| **new != stored) {
+            if std::env::var(FAILPOINT_VAR).as_deref() == Ok(FAILPOINT_AFTER_ROTATION) {
+                std::process::abort();
+            }
+            match store.rotate(upstream, &stored, rotated).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(format!(
+                        "the stored refresh token for upstream {upstream} changed during the refresh; the new access token is not used and the next attempt uses the stored one"
+                    ));
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "rotated refresh token for upstream {upstream} could not be stored, so the new access token is not used: {e}"
+                    ));
+                }
+            }
+        }
+        Ok(answer)
+    }
+
+    /// POSTs the grant with the client's authentication and common parameters.
+    async fn request(&self, mut params: Vec<(&'static str, String)>) -> Result<Answer, EndpointError> {
+        let client = &self.client;
+        if !client.scopes.is_empty() {
+            params.push(("scope", client.scopes.join(" ")));
+        }
+        if let Some(audience) = &client.audience {
+            params.push(("audience", audience.clone()));
+        }
+        if let Some(resource) = &client.resource {
+            params.push(("resource", resource.clone()));
+        }
+        // content-type and accept are the transport's job (see TokenHttp).
+        let mut headers = Vec::new();
+        match &client.auth {
+            ClientAuth::SecretBasic(secret) => headers.push((AUTHORIZATION, basic(&client.client_id, secret)?)),
+            ClientAuth::SecretPost(secret) => {
+                params.push(("client_id", client.client_id.clone()));
+                params.push(("client_secret", secret.expose().to_owned()));
+            }
+            ClientAuth::PrivateKeyJwt { .. } => {
+                let signer = match &self.signer {
+                    Some(Ok(signer)) => signer,
+                    Some(Err(why)) => return Err(EndpointError::Other(why.clone())),
+                    None => return Err(EndpointError::Other("client key missing".to_owned())),
+                };
+                let assertion = signer.assertion(&client.client_id, &client.token_url).map_err(EndpointError::Other)?;
+                params.push(("client_id", client.client_id.clone()));
+                params.push(("client_assertion_type", CLIENT_ASSERTION_TYPE.to_owned()));
+                params.push(("client_assertion", assertion.expose().to_owned()));
+            }
+        }
+        let body = form_encode(&params);
+        let sent = self.http.post_form(&client.token_url, headers, body);
+        let (status, bytes) = match tokio::time::timeout(self.timing.request_timeout, sent).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(why)) => return Err(EndpointError::Other(format!("token endpoint unreachable: {why}"))),
+            Err(_) => {
+                return Err(EndpointError::Other(format!(
+                    "token endpoint did not answer within {} s",
+                    self.timing.request_timeout.as_secs()
+                )));
+            }
+        };
+        if status.is_success() {
+            parse_answer(&bytes, self.kind, self.timing.default_lifetime).map_err(EndpointError::Other)
+        } else {
+            Err(parse_error(status, &bytes))
+        }
+    }
+
+    fn describe(&self, error: EndpointError) -> String {
+        match error {
+            EndpointError::OAuth { status, message, .. } => {
+                format!("token endpoint for upstream {} answered {}: {message}", self.upstream, status.as_u16())
+            }
+            EndpointError::Other(message) => format!("upstream {}: {message}", self.upstream),
+        }
+    }
+}
+
+fn parse_answer(bytes: &[u8], kind: GrantKind, default_lifetime: Duration) -> Result<Answer, String> {
+    let raw: RawAnswer =
+        serde_json::from_slice(bytes).map_err(|_| "token endpoint answered success without a valid token response".to_owned())?;
+    if raw.access_token.is_empty() {
+        return Err("token endpoint answered an empty access_token".to_owned());
+    }
+    if let Some(token_type) = &raw.token_type {
+        // RFC 8693 §2.2.1: N_A when the issued token is not an access token
+        // in the OAuth sense; it is still presented as a bearer token.
+        let exchanged_na = kind == GrantKind::TokenExchange && token_type == "N_A";
+        if !token_type.eq_ignore_ascii_case("bearer") && !exchanged_na {
+            return Err(format!("token endpoint answered token_type {}; only Bearer is supported", sanitize(token_type, 40)));
+        }
+    }
+    let lifetime = match &raw.expires_in {
+        None | Some(serde_json::Value::Null) => default_lifetime,
+        Some(value) => seconds(value)
+            .map(|s| Duration::from_secs(s.max(1)))
+            .ok_or("token endpoint answered an expires_in that is not a number of seconds")?,
+    };
+    Ok(Answer {
+        access_token: Secret::new(raw.access_token),
+        refresh_token: raw.refresh_token.filter(|t| !t.is_empty()).map(Secret::new),
+        lifetime,
+    })
+}
+
+/// `expires_in` as a count of seconds: a JSON number, or a string of digits
+/// (some servers send one).
+fn seconds(value: &serde_json::Value) -> Option<u64> {
+    match value {
+        serde_json::Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64)),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn parse_error(status: StatusCode, bytes: &[u8]) -> EndpointError {
+    match serde_json::from_slice::<RawError>(bytes) {
+        Ok(raw) => {
+            let code = sanitize(&raw.error, 64);
+            let message = match raw.error_description.as_deref().map(|d| sanitize(d, 200)) {
+                Some(description) if !description.is_empty() => format!("{code} ({description})"),
+                _ => code.clone(),
+            };
+            EndpointError::OAuth { status, code, message }
+        }
+        // The body is not echoed: it is not ours to trust or to log.
+        Err(_) => EndpointError::Other(format!("token endpoint answered {}", status.as_u16())),
+    }
+}
+
+/// Keeps printable ASCII only (RFC 6749 §5.2 allows nothing else) and caps the length.
+fn sanitize(text: &str, max: usize) -> String {
+    text.chars().filter(|c| (' '..='~').contains(c)).take(max).collect()
+}
+
+fn bearer(token: &Secret) -> Option<HeaderValue> {
+    let mut value = HeaderValue::try_from(format!("Bearer {}", token.expose())).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// RFC 6749 §2.3.1: id and secret form-urlencoded, then HTTP Basic.
+fn basic(client_id: &str, secret: &Secret) -> Result<HeaderValue, EndpointError> {
+    let pair = format!("{}:{}", form_component(client_id), form_component(secret.expose()));
+    let mut value = HeaderValue::try_from(format!("Basic {}", STANDARD.encode(pair)))
+        .map_err(|_| EndpointError::Other("client credentials do not fit a header".to_owned()))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// `application/x-www-form-urlencoded` (WHATWG URL §5.2).
+pub(crate) fn form_encode(params: &[(&str, String)]) -> String {
+    params.iter().map(|(name, value)| format!("{}={}", form_component(name), form_component(value))).collect::<Vec<_>>().join("&")
+}
+
+fn form_component(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => out.push(char::from(byte)),
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+/// The header carrying an upstream OAuth credential.
+pub(crate) const OAUTH_HEADER: HeaderName = AUTHORIZATION;

@@ -1,0 +1,91 @@
+//! The encrypted store for upstream refresh tokens (SPEC §2 `[store]`).
+//!
+//! Every value is sealed with AES-256-GCM before it reaches the backend (see
+//! [`envelope`]), so a copy of the database file or table reveals no token.
+//! The embedded backend is SQLite ([`SqliteStore`]); a PostgreSQL backend for
+//! several replicas will implement the same [`CredentialStore`] trait and must
+//! pass the same [`conformance`] suite.
+
+#[doc(hidden)]
+pub mod conformance;
+mod envelope;
+mod sqlite;
+
+use std::fmt;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::secret::Secret;
+
+pub use envelope::StoreKey;
+pub use sqlite::SqliteStore;
+
+/// A boxed, sendable future: keeps [`CredentialStore`] dyn-compatible.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where refresh tokens live, one per upstream name.
+///
+/// Implementations encrypt every value at rest and are safe to share between
+/// tasks. All three operations are durable once their future resolves `Ok`.
+pub trait CredentialStore: Send + Sync + 'static {
+    /// The refresh token stored for `upstream`, or `None` when there is none.
+    fn get(&self, upstream: &str) -> BoxFuture<'_, Result<Option<Secret>, StoreError>>;
+
+    /// Stores `refresh_token` for `upstream`, replacing any previous value.
+    fn put(&self, upstream: &str, refresh_token: &Secret) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Atomic compare-and-swap: replaces `old` with `new` only if the stored
+    /// value still equals `old`. `Ok(false)` when it changed meanwhile (or was
+    /// removed); nothing is written then.
+    fn rotate(&self, upstream: &str, old: &Secret, new: &Secret) -> BoxFuture<'_, Result<bool, StoreError>>;
+}
+
+/// Why the store could not answer. `Display` never contains a token or key.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The configured key material is unusable (not base64 of 32 bytes, or none given).
+    Key(String),
+    /// A stored value could not be decrypted: written with a key that is not
+    /// configured, tampered with, or moved from another upstream.
+    Decrypt {
+        /// The upstream whose value failed.
+        upstream: String,
+        /// What went wrong, without secret material.
+        reason: String,
+    },
+    /// The backend failed (I/O, SQL, a lost worker thread).
+    Backend(String),
+    /// The location names a backend this build does not have.
+    Unsupported(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Key(why) => write!(f, "credential store key: {why}"),
+            Self::Decrypt { upstream, reason } => write!(f, "stored credential for upstream {upstream} cannot be decrypted: {reason}"),
+            Self::Backend(why) => write!(f, "credential store: {why}"),
+            Self::Unsupported(why) => write!(f, "credential store: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Opens the store named by `[store] path`: a file path for the embedded
+/// SQLite store, or a `postgres://` URL (not built yet: an error for now).
+///
+/// `keys[0]` seals every new value; the others are accepted for reading only,
+/// so a key can be rotated by prepending the new one.
+pub fn open_store(location: &str, keys: Vec<StoreKey>) -> Result<Arc<dyn CredentialStore>, StoreError> {
+    let lower = location.to_ascii_lowercase();
+    if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+        return Err(StoreError::Unsupported("postgres backend not built yet".to_owned()));
+    }
+    Ok(Arc::new(SqliteStore::open(Path::new(location), keys)?))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,230 @@
+//! Shared harness: generated PKI, the dev issuer, test upstreams, TLS
+//! clients, and gatehouse itself, in-process or as a child process.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod upstream;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse::config::Config;
+use gatehouse::dev::certs::{DevCerts, write_certs};
+use gatehouse::dev::issuer::DevIssuer;
+use serde_json::{Map, Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// A folder with certificates, a running dev issuer and config/policy writers.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub certs: DevCerts,
+    pub issuer: Arc<DevIssuer>,
+}
+
+/// A policy that lets every `test` scope through on every route.
+pub const ALLOW_ALL: &str = r#"
+[[rule]]
+id = "allow-tests"
+route = "*"
+scopes_all = ["test"]
+"#;
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = write_certs(&dir.path().join("certs"), "test CA", &["localhost", "127.0.0.1"]).expect("certs");
+        let issuer = DevIssuer::start(TcpListener::bind("127.0.0.1:0").await.expect("bind")).expect("issuer");
+        std::fs::create_dir_all(dir.path().join("policies")).expect("policies dir");
+        Self { dir, certs, issuer }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A token for `sub` with these scopes, audience `gatehouse`.
+    pub fn token(&self, sub: &str, scope: &str) -> String {
+        self.token_with(json!({"sub": sub, "aud": "gatehouse", "scope": scope, "client_id": "test-client", "jti": "j-1"}))
+    }
+
+    pub fn token_with(&self, claims: Value) -> String {
+        let claims: Map<String, Value> = claims.as_object().cloned().unwrap_or_default();
+        self.issuer.mint(claims).expect("mint")
+    }
+
+    pub fn write_policy(&self, name: &str, text: &str) {
+        std::fs::write(self.dir.path().join("policies").join(name), text).expect("write policy");
+    }
+
+    /// Writes `gatehouse.toml`: listen/admin on port 0, audit, policies and
+    /// the dev issuer, followed by `rest` (upstreams, routes, limits).
+    pub fn write_config(&self, rest: &str) -> PathBuf {
+        let text = format!(
+            r#"
+[listen]
+addr = "127.0.0.1:0"
+tls_cert = "certs/server.pem"
+tls_key = "certs/server-key.pem"
+
+[admin]
+addr = "127.0.0.1:0"
+
+[audit]
+path = "audit/audit.jsonl"
+
+[policies]
+dir = "policies"
+
+[[issuer]]
+issuer = "{issuer}"
+audiences = ["gatehouse"]
+
+{rest}
+"#,
+            issuer = self.issuer.issuer
+        );
+        let path = self.dir.path().join("gatehouse.toml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.dir.path().join("audit/audit.jsonl")
+    }
+
+    /// Every audit record written so far.
+    pub fn audit_records(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.audit_path()).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).expect("audit line is JSON")).collect()
+    }
+}
+
+/// gatehouse running in this process.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), gatehouse::StartError>>,
+    pub hup: Arc<tokio::sync::Notify>,
+}
+
+impl Proxy {
+    /// Starts gatehouse on ports chosen by the OS and waits until /readyz says ready.
+    pub async fn start(config: &Path) -> Proxy {
+        let config = Config::load(config).unwrap_or_else(|e| panic!("config: {e:#?}"));
+        let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (addr, admin_addr) = (proxy.local_addr().expect("addr"), admin.local_addr().expect("addr"));
+        let (tx, rx) = oneshot::channel::<()>();
+        let hup = Arc::new(tokio::sync::Notify::new());
+        let listeners = gatehouse::Listeners { proxy, admin: Some(admin) };
+        let task = tokio::spawn(gatehouse::run(config, listeners, hup.clone(), async move {
+            let _ = rx.await;
+        }));
+        let p = Proxy { addr, admin: admin_addr, stop: Some(tx), task, hup };
+        p.wait_ready().await;
+        p
+    }
+
+    pub async fn wait_ready(&self) {
+        wait_ready(self.admin).await;
+    }
+
+    /// Drains, flushes the audit log and returns.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await.expect("proxy task").expect("proxy run");
+    }
+}
+
+/// Polls /readyz until it answers 200 (10 s deadline).
+pub async fn wait_ready(admin: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if client::admin_get(admin, "/readyz").await.map(|(s, _)| s) == Some(200) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "gatehouse did not become ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// gatehouse as a child process (for RSS, signals and exit codes).
+pub struct ChildProxy {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub stderr_lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl ChildProxy {
+    pub fn spawn(config: &Path) -> ChildProxy {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["--log-format", "json", "--config"])
+            .arg(config)
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gatehouse");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx.recv_timeout(left).expect("gatehouse did not report its addresses");
+            let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+            let fields = &v["fields"];
+            if fields["message"] == "gatehouse is serving" {
+                let addr = fields["proxy"].as_str().expect("proxy addr").parse().expect("addr");
+                let admin = fields["admin"].as_str().expect("admin addr").parse().expect("addr");
+                return ChildProxy { child, addr, admin, stderr_lines: rx };
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:")
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("kill").success();
+        assert!(ok, "kill -{sig} failed");
+    }
+}
+
+impl Drop for ChildProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proc_status_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let line = status.lines().find(|l| l.starts_with(key)).expect("key in status");
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("number")
+}

@@ -1,0 +1,266 @@
+//! The data path over real loopback sockets and real TLS handshakes:
+//! h1/h2 callers, http/https/h2 upstreams, prefix stripping, SPEC §4 path
+//! rules and refusals, SPEC §6 header hygiene, limits and timeouts.
+
+mod common;
+
+use std::time::Duration;
+
+use common::client::{self, get, raw, raw_status};
+use common::upstream::TestUpstream;
+use common::{ALLOW_ALL, Proxy, TestEnv};
+use http::Version;
+
+fn routes(upstream_url: &str, extra_upstream: &str) -> String {
+    format!(
+        r#"
+[[upstream]]
+name = "svc"
+url = "{upstream_url}"
+{extra_upstream}
+
+[[route]]
+name = "svc"
+path_prefix = "/svc/"
+upstream = "svc"
+strip_prefix = true
+"#
+    )
+}
+
+async fn start(env: &TestEnv, up: &TestUpstream) -> Proxy {
+    env.write_policy("all.toml", ALLOW_ALL);
+    Proxy::start(&env.write_config(&routes(&up.http_url(), ""))).await
+}
+
+#[tokio::test]
+async fn h1_and_h2_callers_reach_an_http_upstream_with_the_prefix_stripped() {
+    let env = TestEnv::new().await;
+    let up = TestUpstream::http().await;
+    let proxy = start(&env, &up).await;
+    let token = env.token("svc-a", "test");
+    for (client, version) in [(client::h1(&env.certs.ca), Version::HTTP_11), (client::h2(&env.certs.ca), Version::HTTP_2)] {
+        let r = client.request(
+            http::Request::get(format!("https://localhost:{}/svc/a/./b/../c?q=%2F1", proxy.addr.port()))
+                .header("authorization", format!("Bearer {token}"))
+                .body(gatehouse::body::empty())
+                .unwrap(),
+        );
+        let r = r.await.unwrap();
+        assert_eq!(r.version(), version);
+        assert_eq!(r.status(), 200);
+        let rid = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let seen = up.last();
+        assert_eq!(seen.uri, "/a/c?q=%2F1", "normalized, stripped path; query unchanged");
+        assert_eq!(seen.headers["x-request-id"], rid.as_str(), "same request id upstream and in the answer");
+        assert_eq!(seen.headers["x-gatehouse-sub"], "svc-a");
+        assert!(seen.headers.get("authorization").is_none(), "the caller's token is never forwarded by kind none");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn https_upstream_with_ca_file_over_h1_and_h2() {
+    let env = TestEnv::new().await;
+    let up = TestUpstream::https(&env.certs).await;
+    env.write_policy("all.toml", ALLOW_ALL);
+    let ca = env.certs.ca.display().to_string();
+    let cfg = format!(
+        "{}\n{}",
+        routes(&up.https_url(), &format!("ca_file = \"{ca}\"")),
+        format!(
+            "[[upstream]]\nname = \"h2\"\nurl = \"{}\"\nca_file = \"{ca}\"\nhttp2 = true\n\n[[route]]\nname = \"h2\"\npath_prefix = \"/h2/\"\nupstream = \"h2\"\nstrip_prefix = true\n",
+            up.https_url()
+        )
+    );
+    let proxy = Proxy::start(&env.write_config(&cfg)).await;
+    let token = env.token("svc-a", "test");
+    let c = client::h1(&env.certs.ca);
+    let r = get(&c, proxy.addr, "/svc/x", Some(&token)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(up.last().uri, "/x");
+    let r = get(&c, proxy.addr, "/h2/y", Some(&token)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let seen = up.last();
+    assert_eq!(seen.uri, "/y");
+    assert_eq!(seen.version, Version::HTTP_2, "http2 = true speaks h2 to the upstream");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn each_spec_path_refusal_is_a_400_and_never_reaches_the_upstream() {
+    let env = TestEnv::new().await;
+    let up = TestUpstream::http().await;
+    let proxy = start(&env, &up).await;
+    let token = env.token("svc-a", "test");
+    let cases = [
+        "GET /svc/a%2Fb HTTP/1.1",
+        "GET /svc/a%2fb HTTP/1.1",
+        "GET /svc/a%5Cb HTTP/1.1",
+        "GET /svc/a%00b HTTP/1.1",
+        "GET /svc/../../etc HTTP/1.1",
+        "GET /svc/%2e%2e/%2e%2e/etc HTTP/1.1",
+        "GET https://evil.example/svc/a HTTP/1.1",
+        "OPTIONS * HTTP/1.1",
+        "CONNECT localhost:443 HTTP/1.1",
+    ];
+    for line in cases {
+        let req = format!("{line}\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+        let answer = raw(proxy.addr, &env.certs.ca, req.as_bytes()).await;
+        assert_eq!(raw_status(&answer), 400, "{line} → {answer}");
+        assert!(answer.to_ascii_lowercase().contains("x-request-id:"), "{answer}");
+    }
+    assert_eq!(up.count(), 0, "no refused request reached the upstream");
+    proxy.stop().await;
+    let records = env.audit_records();
+    assert_eq!(records.iter().filter(|r| r["reason"] == "bad_path").count(), cases.len(), "{records:#?}");
+}
+
+#[tokio::test]
+async fn absolute_form_with_the_host_authority_is_accepted_and_normalized() {
+    let env = TestEnv::new().await;
+    let up = TestUpstream::http().await;
+    let proxy = start(&env, &up).await;
+    let token = env.token("svc-a", "test");
+    let port = proxy.addr.port();
+    let req = format!(
+        "GET https://localhost:{port}/svc/a/./b/../c HTTP/1.1\r\nHost: localhost:{port}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    let answer = raw(proxy.addr, &env.certs.ca, req.as_bytes()).await;
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    assert_eq!(up.last().uri, "/a/c");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn spoofed_identity_headers_and_connection_nomination_cannot_fake_proxy_headers() {
+    let env = TestEnv::new().await;
+    let up = TestUpstream::http().await;
+    let proxy = start(&env, &up).await;
+    let token = env.token("svc-a", "test");
+    let req = format!(
+        "GET /svc/h HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nx-gatehouse-sub: admin\r\nx_gatehouse_iss: evil\r\n\
+         X-Gatehouse-Extra: 1\r\nx-request-id: forged\r\nx-forwarded-for: 6.6.6.6\r\nConnection: close, x-forwarded-for, x-request-id, x-gatehouse-sub\r\n\r\n"
+    );
+    let answer = raw(proxy.addr, &env.certs.ca, req.as_bytes()).await;
+    assert_eq!(raw_status(&answer), 200, "{answer}");
+    let seen = up.last();
+    assert_eq!(seen.headers["x-gatehouse-sub"], "svc-a");
+    assert_eq!(seen.headers["x-gatehouse-iss"], env.issuer.issuer.as_str());
+    assert!(seen.headers.get("x_gatehouse_iss").is_none() && seen.headers.get("x-gatehouse-extra").is_none());
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1", "the nominated caller value is gone, ours remains");
+    assert_ne!(seen.headers["x-request-id"], "forged");
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    assert_eq!(seen.headers["x-forwarded-host"], "localhost");
+    assert!(seen.headers.get("connection").is_none());
+    let lower = answer.to_ascii_lowercase();
+    assert!(!lower.contains("x-upstream-hop"), "a header the upstream's Connection names is not passed back: {answer}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn xff_appends_the_peer_rightmost() {
+    let env = TestEnv::new().await;
+    let up = TestUpstream::http().await;
+    let proxy = start(&env, &up).await;
+    let token = env.token("svc-a", "test");
+    let req = format!("GET /svc/h HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nx-forwarded-for: 10.1.1.1\r\nConnection: close\r\n\r\n");
+    assert_eq!(raw_status(&raw(proxy.addr, &env.certs.ca, req.as_bytes()).await), 200);
+    assert_eq!(up.last().headers["x-forwarded-for"], "10.1.1.1, 127.0.0.1");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_request_head_gets_431() {
+    let env = TestEnv::new().await;
+    let up = TestUpstream::http().await;
+    env.write_policy("all.toml", ALLOW_ALL);
+    let proxy = Proxy::start(&env.write_config(&format!("[limits]\nmax_header_bytes = 8192\n{}", routes(&up.http_url(), "")))).await;
+    let big = "a".repeat(20_000);
+    let req = format!("GET /svc/h HTTP/1.1\r\nHost: localhost\r\nx-big: {big}\r\nConnection: close\r\n\r\n");
+    let answer = raw(proxy.addr, &env.certs.ca, req.as_bytes()).await;
+    assert_eq!(raw_status(&answer), 431, "{answer}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502_and_slow_upstream_is_504() {
+    let env = TestEnv::new().await;
+    let up = TestUpstream::http().await;
+    // A port with nothing listening: bind, read the port, close.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    env.write_policy("all.toml", ALLOW_ALL);
+    let cfg = format!(
+        "{}\n[[upstream]]\nname = \"dead\"\nurl = \"http://{closed}\"\nconnect_timeout_ms = 500\n\n[[route]]\nname = \"dead\"\npath_prefix = \"/dead/\"\nupstream = \"dead\"\n",
+        routes(&up.http_url(), "response_timeout_ms = 300")
+    );
+    let proxy = Proxy::start(&env.write_config(&cfg)).await;
+    let token = env.token("svc-a", "test");
+    let c = client::h1(&env.certs.ca);
+    let r = get(&c, proxy.addr, "/dead/x", Some(&token)).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"], "upstream_error");
+    let r = get(&c, proxy.addr, "/svc/slow?ms=3000", Some(&token)).await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.json()["error"], "upstream_timeout");
+    assert_eq!(r.json()["request_id"], r.header("x-request-id"));
+    proxy.stop().await;
+    let records = env.audit_records();
+    let reasons: Vec<&str> = records.iter().filter_map(|r| r["reason"].as_str()).collect();
+    assert!(reasons.contains(&"upstream_error") && reasons.contains(&"upstream_timeout"), "{reasons:?}");
+    assert!(records.iter().filter(|r| r["event"] == "request").all(|r| r["decision"] == "allow"));
+}
+
+#[tokio::test]
+async fn no_route_is_404_and_missing_token_is_401() {
+    let env = TestEnv::new().await;
+    let up = TestUpstream::http().await;
+    let proxy = start(&env, &up).await;
+    let c = client::h1(&env.certs.ca);
+    let r = get(&c, proxy.addr, "/nowhere", Some(&env.token("svc-a", "test"))).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"], "not_found");
+    let r = get(&c, proxy.addr, "/svc/x", None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), "Bearer realm=\"gatehouse\"");
+    assert_eq!(up.count(), 0);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn admin_health_ready_and_metrics() {
+    let env = TestEnv::new().await;
+    let up = TestUpstream::http().await;
+    let proxy = start(&env, &up).await;
+    let c = client::h1(&env.certs.ca);
+    assert_eq!(get(&c, proxy.addr, "/svc/m", Some(&env.token("a", "test"))).await.status, 200);
+    assert_eq!(client::admin_get(proxy.admin, "/healthz").await.unwrap().0, 200);
+    assert_eq!(client::admin_get(proxy.admin, "/readyz").await.unwrap().0, 200);
+    let (status, metrics) = client::admin_get(proxy.admin, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("gatehouse_requests_total{route=\"svc\",decision=\"allow\",status=\"200\"} 1"), "{metrics}");
+    assert!(metrics.contains("gatehouse_jwks_refresh_total{issuer="), "{metrics}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn slowloris_connection_is_closed_within_the_header_timeout_without_delaying_others() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::new().await;
+    let up = TestUpstream::http().await;
+    env.write_policy("all.toml", ALLOW_ALL);
+    let proxy = Proxy::start(&env.write_config(&format!("[limits]\nheader_timeout_ms = 1000\n{}", routes(&up.http_url(), "")))).await;
+    let mut slow = client::tls_connect(proxy.addr, &env.certs.ca).await;
+    slow.write_all(b"GET /svc/x HTTP/1.1\r\nHost: localhost\r\nX-Slow: ").await.unwrap();
+    let opened = std::time::Instant::now();
+    // Meanwhile another caller is served at once.
+    let c = client::h1(&env.certs.ca);
+    let r = tokio::time::timeout(Duration::from_millis(900), get(&c, proxy.addr, "/svc/ok", Some(&env.token("a", "test")))).await;
+    assert_eq!(r.expect("an honest caller was delayed by the slowloris connection").status, 200);
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the slowloris connection was not closed");
+    let closed_after = opened.elapsed();
+    assert!(closed_after < Duration::from_millis(2500), "closed after {closed_after:?}, header timeout is 1 s");
+    proxy.stop().await;
+}
