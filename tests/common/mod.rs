@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod idp;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};
@@ -64,6 +65,12 @@ impl TestEnv {
     /// Writes `gatehouse.toml`: listen/admin on port 0, audit, policies and
     /// the dev issuer, followed by `rest` (upstreams, routes, limits).
     pub fn write_config(&self, rest: &str) -> PathBuf {
+        let issuer = format!("[[issuer]]\nissuer = \"{}\"\naudiences = [\"gatehouse\"]\n", self.issuer.issuer);
+        self.write_config_with(&issuer, rest)
+    }
+
+    /// Like `write_config`, with the `[[issuer]]` tables given.
+    pub fn write_config_with(&self, issuers: &str, rest: &str) -> PathBuf {
         let text = format!(
             r#"
 [listen]
@@ -80,13 +87,10 @@ path = "audit/audit.jsonl"
 [policies]
 dir = "policies"
 
-[[issuer]]
-issuer = "{issuer}"
-audiences = ["gatehouse"]
+{issuers}
 
 {rest}
-"#,
-            issuer = self.issuer.issuer
+"#
         );
         let path = self.dir.path().join("gatehouse.toml");
         std::fs::write(&path, text).expect("write config");
