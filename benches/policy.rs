@@ -42,18 +42,18 @@ fn rule_text(r: usize, k: usize) -> String {
             "[[rule]]\nid = \"{id}\"\nroute = \"{route}\"\nmethods = [\"GET\", \"HEAD\"]\npaths = [\"/{svc}/v2/orders/*/lines\", \"/{svc}/v2/orders/*/lines/**\"]\nscopes_all = [\"{svc}.orders.read\"]\nissuers = [\"{ISSUER}\"]\n[rule.claims]\ngroups = [\"team-{r:02}\", \"sre\"]\n\n"
         ),
         _ => {
-            let methods = if k % 2 == 0 { "\"GET\", \"HEAD\"" } else { "\"POST\", \"PUT\", \"PATCH\"" };
+            let methods = if k.is_multiple_of(2) { "\"GET\", \"HEAD\"" } else { "\"POST\", \"PUT\", \"PATCH\"" };
             let version = k % 3;
             let mut text = format!(
                 "[[rule]]\nid = \"{id}\"\nroute = \"{route}\"\nmethods = [{methods}]\npaths = [\"/{svc}/v{version}/res{k}/**\", \"/{svc}/v{version}/*/res{k}/items/*\"]\nscopes_all = [\"{svc}.res{k}.read\"]\n"
             );
-            if k % 4 == 0 {
+            if k.is_multiple_of(4) {
                 text.push_str(&format!("scopes_any = [\"{svc}.admin\", \"{svc}.res{k}.write\"]\n"));
             }
             if k % 2 == 1 {
                 text.push_str(&format!("issuers = [\"{ISSUER}\", \"https://partners.example.com\"]\n"));
             }
-            if k % 3 == 0 {
+            if k.is_multiple_of(3) {
                 text.push_str(&format!("[rule.claims]\ngroups = [\"team-{r:02}\", \"platform\"]\n"));
             }
             text.push('\n');

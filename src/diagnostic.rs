@@ -143,11 +143,7 @@ fn key_column(text: &str, offset: usize) -> usize {
     let indent = line.chars().take_while(|c| c.is_whitespace()).count();
     let offset_col = before.get(line_start..).map_or(0, |s| s.chars().count());
     let trimmed = line.trim_start();
-    if trimmed.starts_with('[') || !trimmed.contains('=') || trimmed.starts_with('{') {
-        offset_col + 1
-    } else {
-        indent + 1
-    }
+    if trimmed.starts_with('[') || !trimmed.contains('=') || trimmed.starts_with('{') { offset_col + 1 } else { indent + 1 }
 }
 
 /// Replaces the line holding `offset` by spaces of the same length, so that

@@ -90,7 +90,8 @@ impl Forwarder {
         http.set_keepalive(Some(Duration::from_secs(60)));
         let tls = client_tls(u.ca_file.as_deref())?;
         let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
-        let connector = if u.http2 { builder.enable_http2().wrap_connector(http) } else { builder.enable_all_versions().wrap_connector(http) };
+        let connector =
+            if u.http2 { builder.enable_http2().wrap_connector(http) } else { builder.enable_all_versions().wrap_connector(http) };
         let mut cb = Client::builder(TokioExecutor::new());
         cb.pool_idle_timeout(Duration::from_secs(90)).pool_max_idle_per_host(1024).pool_timer(TokioTimer::new()).timer(TokioTimer::new());
         if u.http2 {
@@ -155,11 +156,8 @@ pub fn upstream_headers(headers: &mut HeaderMap, added: Added<'_>) {
     strip_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
     headers.remove(header::HOST);
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-gatehouse-") || k.as_str().starts_with("x_gatehouse_"))
-        .cloned()
-        .collect();
+    let spoofed: Vec<HeaderName> =
+        headers.keys().filter(|k| k.as_str().starts_with("x-gatehouse-") || k.as_str().starts_with("x_gatehouse_")).cloned().collect();
     for k in spoofed {
         headers.remove(k);
     }

@@ -11,7 +11,6 @@ pub mod authn;
 pub mod authz;
 pub mod body;
 pub mod config;
-#[path = "/work/tmpstub/credential.rs"]
 pub mod credential;
 pub mod dev;
 pub mod diagnostic;

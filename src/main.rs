@@ -239,7 +239,8 @@ fn serve(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     runtime()?.block_on(async move {
-        let proxy = tokio::net::TcpListener::bind(config.listen.addr).await.with_context(|| format!("cannot listen on {}", config.listen.addr))?;
+        let proxy =
+            tokio::net::TcpListener::bind(config.listen.addr).await.with_context(|| format!("cannot listen on {}", config.listen.addr))?;
         let admin = match config.admin {
             Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("cannot listen on {a}"))?),
             None => None,

@@ -35,9 +35,7 @@ impl Metrics {
         issuers: impl IntoIterator<Item = &'a str>,
         upstreams: impl IntoIterator<Item = &'a str>,
     ) -> Self {
-        let route_counters = || RouteCounters {
-            counts: Box::new(std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0)))),
-        };
+        let route_counters = || RouteCounters { counts: Box::new(std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0)))) };
         let mut routes: HashMap<String, RouteCounters> = routes.into_iter().map(|r| (r.to_owned(), route_counters())).collect();
         routes.insert(String::new(), route_counters());
         Self {

@@ -63,11 +63,8 @@ pub async fn handle(gw: Arc<Gateway>, conn: Arc<ConnInfo>, req: Request<Incoming
         Err(_) => return ProxyError::AuditUnavailable.into_response(&request_id),
     };
     let header_id = HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("invalid"));
-    let outcome = if gw.audit.healthy() {
-        pipeline(&gw, &conn, req, &header_id, &mut record).await
-    } else {
-        Err(ProxyError::AuditUnavailable)
-    };
+    let outcome =
+        if gw.audit.healthy() { pipeline(&gw, &conn, req, &header_id, &mut record).await } else { Err(ProxyError::AuditUnavailable) };
     match outcome {
         Ok(resp) => {
             let status = resp.status();
@@ -97,7 +94,14 @@ async fn pipeline(
     let route = gw.router.find(meta.host.as_deref(), &meta.path).map_err(ProxyError::NoRoute)?;
     let upstream = &gw.upstreams[route.upstream_index];
     record.route(&route.name, &upstream.name);
-    let caller = gw.authn.authenticate(req.headers()).await.map_err(ProxyError::Unauthenticated)?;
+    let caller = match gw.authn.authenticate(req.headers()).await {
+        Ok(c) => c,
+        Err(e) => {
+            let (kid, iss) = crate::authn::refusal_hints(req.headers());
+            tracing::info!(request_id = ?request_id, reason = e.reason(), kid, iss, error = %e, "caller not authenticated");
+            return Err(ProxyError::Unauthenticated(e));
+        }
+    };
     record.identity(&caller);
     let subject = &caller.principal.subject;
     let access = AccessRequest { route: &route.name, method: meta.method.as_str(), path: &meta.path, subject };
@@ -109,6 +113,7 @@ async fn pipeline(
     record.allowed();
     let caller_key = (subject.iss.as_str(), subject.sub.as_str());
     let credential = upstream.credential.header(&caller.token, caller_key).await.map_err(ProxyError::Credential)?;
+    let sent_value = credential.as_ref().map(|(_, v)| v.clone());
     let uri = upstream.forwarder.uri(&route.upstream_path(&meta.path), meta.query.as_deref()).map_err(ProxyError::Forward)?;
     let (mut parts, incoming) = req.into_parts();
     upstream_headers(
@@ -136,7 +141,12 @@ async fn pipeline(
     if resp.status() != StatusCode::UNAUTHORIZED {
         return Ok(resp);
     }
-    upstream.credential.invalidate(caller_key);
+    // Drop the refused token only if it is still the cached one: a late 401
+    // must not throw away a token fetched since.
+    match &sent_value {
+        Some(v) => upstream.credential.invalidate_value(caller_key, v),
+        None => upstream.credential.invalidate(caller_key),
+    }
     let Some(bytes) = kept else { return Err(ProxyError::Forward(ForwardError::CredentialRejected)) };
     drop(resp);
     let fresh = upstream.credential.header(&caller.token, caller_key).await.map_err(ProxyError::Credential)?;

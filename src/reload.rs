@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
@@ -16,9 +16,17 @@ use crate::proxy::Gateway;
 /// How often the folder is looked at; changes apply well within SPEC's 2 s.
 const POLL: Duration = Duration::from_millis(250);
 
-/// Watches `dir` until `shutdown` changes; `hup` forces a reload.
+/// Longest a change waits for the folder to settle before it is applied.
+const MAX_SETTLE: Duration = Duration::from_millis(500);
+
+/// Watches `dir` until `shutdown` changes; `hup` forces a reload. A change
+/// is applied once the folder looked the same for one poll (an editor may
+/// write a file in several steps), or after [`MAX_SETTLE`] at the latest so
+/// that constant churn cannot hold reloads back.
 pub async fn watch_policies(gw: Arc<Gateway>, dir: PathBuf, routes: Vec<String>, hup: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
-    let mut seen = fingerprint(&dir);
+    let mut applied = fingerprint(&dir);
+    let mut last_poll = applied;
+    let mut pending_since: Option<Instant> = None;
     let mut tick = tokio::time::interval(POLL);
     loop {
         let forced = tokio::select! {
@@ -27,18 +35,18 @@ pub async fn watch_policies(gw: Arc<Gateway>, dir: PathBuf, routes: Vec<String>,
             _ = tick.tick() => false,
         };
         let now = fingerprint(&dir);
-        if !forced && now == seen {
+        let settled = now == last_poll;
+        last_poll = now;
+        if !forced && now == applied {
+            pending_since = None;
             continue;
         }
-        // Debounce: an editor may write a file in several steps.
-        if !forced {
-            tokio::time::sleep(POLL).await;
-            if fingerprint(&dir) != now {
-                continue;
-            }
+        let since = *pending_since.get_or_insert_with(Instant::now);
+        if forced || settled || since.elapsed() >= MAX_SETTLE {
+            applied = now;
+            pending_since = None;
+            reload(&gw, &dir, &routes).await;
         }
-        seen = fingerprint(&dir);
-        reload(&gw, &dir, &routes).await;
     }
 }
 

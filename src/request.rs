@@ -78,13 +78,7 @@ impl RequestMeta {
             (_, None) => host_header,
         };
         let host = host_header.as_deref().map(host_without_port);
-        Ok(Self {
-            method: req.method().clone(),
-            host,
-            host_header,
-            path: normalize_path(raw_path)?,
-            query: uri.query().map(str::to_owned),
-        })
+        Ok(Self { method: req.method().clone(), host, host_header, path: normalize_path(raw_path)?, query: uri.query().map(str::to_owned) })
     }
 }
 

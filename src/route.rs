@@ -57,10 +57,7 @@ impl Router {
 
     /// The most specific route for a lower-cased, port-less host and a normalized path.
     pub fn find(&self, host: Option<&str>, path: &str) -> Result<&Arc<Route>, NoRoute> {
-        self.routes
-            .iter()
-            .find(|r| r.host.as_deref().is_none_or(|h| Some(h) == host) && prefix_matches(&r.prefix, path))
-            .ok_or(NoRoute)
+        self.routes.iter().find(|r| r.host.as_deref().is_none_or(|h| Some(h) == host) && prefix_matches(&r.prefix, path)).ok_or(NoRoute)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {

@@ -74,10 +74,9 @@ pub fn server_config(listen: &Listen) -> Result<Arc<ServerConfig>, TlsError> {
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_single_cert(certs, key).map_err(|e| TlsError {
-        file: listen.tls_key.clone(),
-        message: format!("certificate and key do not form a usable pair: {e}"),
-    })?;
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError { file: listen.tls_key.clone(), message: format!("certificate and key do not form a usable pair: {e}") })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

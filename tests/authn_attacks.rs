@@ -2,6 +2,8 @@
 //! the status, the `WWW-Authenticate` error, the audit reason, and that a
 //! refused token never reached the upstream.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code: a failed step is a failed test")]
+
 mod common;
 
 use std::sync::Arc;
@@ -120,13 +122,29 @@ async fn algorithm_confusion_and_downgrade_are_refused() {
         refused("alg none without signature", unsigned("none"), "bad_algorithm"),
         refused("alg none with a signature", format!("{}{rs_sig}", unsigned("none")), "bad_algorithm"),
         refused("alg NONE upper case", unsigned("NONE"), "bad_algorithm"),
-        refused("HS256 signed with the RSA public key", i.sign(Key::Hmac(pubkey), "HS256", json!({"alg": "HS256", "kid": "rsa-1"}), c.clone()), "bad_algorithm"),
+        refused(
+            "HS256 signed with the RSA public key",
+            i.sign(Key::Hmac(pubkey), "HS256", json!({"alg": "HS256", "kid": "rsa-1"}), c.clone()),
+            "bad_algorithm",
+        ),
         refused("HS256 without kid", i.sign(Key::Hmac(b"secret"), "HS256", json!({"alg": "HS256"}), c.clone()), "bad_algorithm"),
-        refused("ES256 header on an RSA key", i.sign(Key::Rsa, "RS256", json!({"alg": "ES256", "kid": "rsa-1"}), c.clone()), "bad_algorithm"),
+        refused(
+            "ES256 header on an RSA key",
+            i.sign(Key::Rsa, "RS256", json!({"alg": "ES256", "kid": "rsa-1"}), c.clone()),
+            "bad_algorithm",
+        ),
         refused("RS256 header on an EC key", i.sign(Key::Ec, "ES256", json!({"alg": "RS256", "kid": "ec-1"}), c.clone()), "bad_algorithm"),
         refused("PS256 on a JWK pinned to RS256", i.token(Key::Rsa, "PS256", Some("rsa-1"), json!({})), "bad_algorithm"),
-        refused("algorithm outside the allow-list", i.sign(Key::Rsa, "RS256", json!({"alg": "RS1", "kid": "rsa-1"}), c.clone()), "bad_algorithm"),
-        refused("EdDSA header on an RSA key", i.sign(Key::Rsa, "RS256", json!({"alg": "EdDSA", "kid": "rsa-2"}), c.clone()), "bad_algorithm"),
+        refused(
+            "algorithm outside the allow-list",
+            i.sign(Key::Rsa, "RS256", json!({"alg": "RS1", "kid": "rsa-1"}), c.clone()),
+            "bad_algorithm",
+        ),
+        refused(
+            "EdDSA header on an RSA key",
+            i.sign(Key::Rsa, "RS256", json!({"alg": "EdDSA", "kid": "rsa-2"}), c.clone()),
+            "bad_algorithm",
+        ),
     ];
     run(s, cases).await;
 }
@@ -141,14 +159,26 @@ async fn key_injection_through_token_headers_is_ignored() {
     let known_kid_jwk = i.attacker_rsa_jwk("rsa-1");
     let url = format!("{}/jwks", attacker.http_url());
     let cases = vec![
-        refused("embedded jwk with its own kid", i.sign(Key::AttackerRsa, "RS256", json!({"alg": "RS256", "kid": "evil", "jwk": jwk}), c.clone()), "unknown_key"),
+        refused(
+            "embedded jwk with its own kid",
+            i.sign(Key::AttackerRsa, "RS256", json!({"alg": "RS256", "kid": "evil", "jwk": jwk}), c.clone()),
+            "unknown_key",
+        ),
         refused(
             "embedded jwk under a known kid",
             i.sign(Key::AttackerRsa, "RS256", json!({"alg": "RS256", "kid": "rsa-1", "jwk": known_kid_jwk}), c.clone()),
             "bad_signature",
         ),
-        refused("jku to an attacker server", i.sign(Key::AttackerRsa, "RS256", json!({"alg": "RS256", "kid": "evil2", "jku": url}), c.clone()), "unknown_key"),
-        refused("x5u to an attacker server", i.sign(Key::AttackerRsa, "RS256", json!({"alg": "RS256", "kid": "evil3", "x5u": url}), c.clone()), "unknown_key"),
+        refused(
+            "jku to an attacker server",
+            i.sign(Key::AttackerRsa, "RS256", json!({"alg": "RS256", "kid": "evil2", "jku": url}), c.clone()),
+            "unknown_key",
+        ),
+        refused(
+            "x5u to an attacker server",
+            i.sign(Key::AttackerRsa, "RS256", json!({"alg": "RS256", "kid": "evil3", "x5u": url}), c.clone()),
+            "unknown_key",
+        ),
         refused(
             "x5c with an attacker certificate under a known kid",
             i.sign(Key::AttackerRsa, "RS256", json!({"alg": "RS256", "kid": "rsa-2", "x5c": ["MIIBattacker"]}), c.clone()),
@@ -172,9 +202,21 @@ async fn forged_signatures_are_refused() {
     let rs_head = rs_input.split('.').next().unwrap();
     let cases = vec![
         refused("ES256 with r = s = 0 (CVE-2022-21449)", format!("{es_input}.{}", B64.encode([0u8; 64])), "bad_signature"),
-        refused("signature from another RSA key under a known kid", i.sign(Key::AttackerRsa, "RS256", json!({"alg": "RS256", "kid": "rsa-1"}), c.clone()), "bad_signature"),
-        refused("signature from another EC key under a known kid", i.sign(Key::AttackerEc, "ES256", json!({"alg": "ES256", "kid": "ec-1"}), c.clone()), "bad_signature"),
-        refused("signature from another Ed25519 key", i.sign(Key::AttackerEd, "EdDSA", json!({"alg": "EdDSA", "kid": "ed-1"}), c.clone()), "bad_signature"),
+        refused(
+            "signature from another RSA key under a known kid",
+            i.sign(Key::AttackerRsa, "RS256", json!({"alg": "RS256", "kid": "rsa-1"}), c.clone()),
+            "bad_signature",
+        ),
+        refused(
+            "signature from another EC key under a known kid",
+            i.sign(Key::AttackerEc, "ES256", json!({"alg": "ES256", "kid": "ec-1"}), c.clone()),
+            "bad_signature",
+        ),
+        refused(
+            "signature from another Ed25519 key",
+            i.sign(Key::AttackerEd, "EdDSA", json!({"alg": "EdDSA", "kid": "ed-1"}), c.clone()),
+            "bad_signature",
+        ),
         refused("payload changed after signing", format!("{rs_head}.{tampered_payload}.{rs_sig}"), "bad_signature"),
         refused("signature stripped", format!("{rs_input}."), "bad_signature"),
         refused("truncated signature", format!("{rs_input}.{}", &rs_sig[..20]), "bad_signature"),
@@ -213,10 +255,22 @@ async fn malformed_tokens_and_headers_are_refused() {
     let good = i.token(Key::Rsa, "RS256", Some("rsa-1"), json!({}));
     let h = |v: serde_json::Value| B64.encode(v.to_string());
     let cases = vec![
-        refused("unknown crit header", i.sign(Key::Rsa, "RS256", json!({"alg": "RS256", "kid": "rsa-1", "crit": ["exp-ext"], "exp-ext": 1}), c.clone()), "malformed_token"),
-        refused("typ of a different token kind", i.sign(Key::Rsa, "RS256", json!({"alg": "RS256", "kid": "rsa-1", "typ": "secevent+jwt"}), c.clone()), "malformed_token"),
+        refused(
+            "unknown crit header",
+            i.sign(Key::Rsa, "RS256", json!({"alg": "RS256", "kid": "rsa-1", "crit": ["exp-ext"], "exp-ext": 1}), c.clone()),
+            "malformed_token",
+        ),
+        refused(
+            "typ of a different token kind",
+            i.sign(Key::Rsa, "RS256", json!({"alg": "RS256", "kid": "rsa-1", "typ": "secevent+jwt"}), c.clone()),
+            "malformed_token",
+        ),
         refused("JWE compact shape", format!("{}.a.b.c.d", h(json!({"alg": "RSA-OAEP", "enc": "A256GCM"}))), "malformed_token"),
-        refused("JWE header on three parts", format!("{}.{}.c2ln", h(json!({"alg": "RS256", "enc": "A256GCM"})), h(c.clone())), "malformed_token"),
+        refused(
+            "JWE header on three parts",
+            format!("{}.{}.c2ln", h(json!({"alg": "RS256", "enc": "A256GCM"})), h(c.clone())),
+            "malformed_token",
+        ),
         refused("garbage base64", "%%%.###.$$$".into(), "malformed_token"),
         refused("header is not JSON", format!("{}.{}.c2ln", B64.encode("not json"), h(c.clone())), "malformed_token"),
         refused("two parts only", "abc.def".into(), "malformed_token"),
@@ -230,9 +284,27 @@ async fn malformed_tokens_and_headers_are_refused() {
             reason: Some("malformed_token"),
         },
         Case { name: "no token", auth: Auth::None, status: 401, www_error: Some(""), reason: Some("missing_token") },
-        Case { name: "empty Bearer", auth: Auth::Raw(vec!["Bearer ".into()]), status: 401, www_error: Some(""), reason: Some("missing_token") },
-        Case { name: "Basic scheme", auth: Auth::Raw(vec!["Basic YTpi".into()]), status: 401, www_error: Some(""), reason: Some("missing_token") },
-        Case { name: "token in the query string only", auth: Auth::Query(good.clone()), status: 401, www_error: Some(""), reason: Some("missing_token") },
+        Case {
+            name: "empty Bearer",
+            auth: Auth::Raw(vec!["Bearer ".into()]),
+            status: 401,
+            www_error: Some(""),
+            reason: Some("missing_token"),
+        },
+        Case {
+            name: "Basic scheme",
+            auth: Auth::Raw(vec!["Basic YTpi".into()]),
+            status: 401,
+            www_error: Some(""),
+            reason: Some("missing_token"),
+        },
+        Case {
+            name: "token in the query string only",
+            auth: Auth::Query(good.clone()),
+            status: 401,
+            www_error: Some(""),
+            reason: Some("missing_token"),
+        },
     ];
     run(s, cases).await;
 }
@@ -250,7 +322,12 @@ async fn valid_tokens_of_every_supported_algorithm_pass() {
         accepted("EdDSA without kid (one Ed25519 key)", i.token(Key::Ed, "EdDSA", None, json!({}))),
         accepted(
             "RFC 9068 at+jwt",
-            i.sign(Key::Ec, "ES256", json!({"alg": "ES256", "kid": "ec-1", "typ": "at+jwt"}), i.claims(json!({"scp": ["test"], "scope": null}))),
+            i.sign(
+                Key::Ec,
+                "ES256",
+                json!({"alg": "ES256", "kid": "ec-1", "typ": "at+jwt"}),
+                i.claims(json!({"scp": ["test"], "scope": null})),
+            ),
         ),
         Case {
             name: "lower-case bearer scheme",

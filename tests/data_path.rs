@@ -2,6 +2,8 @@
 //! h1/h2 callers, http/https/h2 upstreams, prefix stripping, SPEC §4 path
 //! rules and refusals, SPEC §6 header hygiene, limits and timeouts.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code: a failed step is a failed test")]
+
 mod common;
 
 use std::time::Duration;
@@ -65,14 +67,11 @@ async fn https_upstream_with_ca_file_over_h1_and_h2() {
     let up = TestUpstream::https(&env.certs).await;
     env.write_policy("all.toml", ALLOW_ALL);
     let ca = env.certs.ca.display().to_string();
-    let cfg = format!(
-        "{}\n{}",
-        routes(&up.https_url(), &format!("ca_file = \"{ca}\"")),
-        format!(
-            "[[upstream]]\nname = \"h2\"\nurl = \"{}\"\nca_file = \"{ca}\"\nhttp2 = true\n\n[[route]]\nname = \"h2\"\npath_prefix = \"/h2/\"\nupstream = \"h2\"\nstrip_prefix = true\n",
-            up.https_url()
-        )
+    let h2 = format!(
+        "[[upstream]]\nname = \"h2\"\nurl = \"{}\"\nca_file = \"{ca}\"\nhttp2 = true\n\n[[route]]\nname = \"h2\"\npath_prefix = \"/h2/\"\nupstream = \"h2\"\nstrip_prefix = true\n",
+        up.https_url()
     );
+    let cfg = format!("{}\n{h2}", routes(&up.https_url(), &format!("ca_file = \"{ca}\"")));
     let proxy = Proxy::start(&env.write_config(&cfg)).await;
     let token = env.token("svc-a", "test");
     let c = client::h1(&env.certs.ca);
@@ -164,7 +163,9 @@ async fn xff_appends_the_peer_rightmost() {
     let up = TestUpstream::http().await;
     let proxy = start(&env, &up).await;
     let token = env.token("svc-a", "test");
-    let req = format!("GET /svc/h HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nx-forwarded-for: 10.1.1.1\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "GET /svc/h HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nx-forwarded-for: 10.1.1.1\r\nConnection: close\r\n\r\n"
+    );
     assert_eq!(raw_status(&raw(proxy.addr, &env.certs.ca, req.as_bytes()).await), 200);
     assert_eq!(up.last().headers["x-forwarded-for"], "10.1.1.1, 127.0.0.1");
     proxy.stop().await;

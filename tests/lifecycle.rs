@@ -2,6 +2,8 @@
 //! streaming 1 GiB each way under a memory ceiling, certificate hot
 //! reload, and a graceful drain on SIGTERM.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code: a failed step is a failed test")]
+
 mod common;
 
 use std::process::Command;
@@ -19,7 +21,9 @@ fn gatehouse() -> Command {
 }
 
 fn routes(url: &str) -> String {
-    format!("[[upstream]]\nname = \"svc\"\nurl = \"{url}\"\n\n[[route]]\nname = \"svc\"\npath_prefix = \"/svc/\"\nupstream = \"svc\"\nstrip_prefix = true\n")
+    format!(
+        "[[upstream]]\nname = \"svc\"\nurl = \"{url}\"\n\n[[route]]\nname = \"svc\"\npath_prefix = \"/svc/\"\nupstream = \"svc\"\nstrip_prefix = true\n"
+    )
 }
 
 #[tokio::test]
@@ -29,10 +33,10 @@ async fn check_accepts_a_valid_config_and_reports_two_mistakes_with_positions() 
     let good = env.write_config(&routes("http://127.0.0.1:9"));
     let out = gatehouse().arg("--config").arg(&good).arg("check").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    let text = std::fs::read_to_string(&good).unwrap().replace("strip_prefix = true", "strip_prefix = true\nstrip_prefx = 1").replace(
-        "upstream = \"svc\"\nstrip",
-        "upstream = \"nosuch\"\nstrip",
-    );
+    let text = std::fs::read_to_string(&good)
+        .unwrap()
+        .replace("strip_prefix = true", "strip_prefix = true\nstrip_prefx = 1")
+        .replace("upstream = \"svc\"\nstrip", "upstream = \"nosuch\"\nstrip");
     std::fs::write(&good, &text).unwrap();
     let out = gatehouse().arg("check").arg("--config").arg(&good).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -57,7 +61,8 @@ async fn streams_one_gib_up_and_down_with_resident_memory_under_64_mib() {
     let c = client::h1(&env.certs.ca);
     // Up: a generated 1 GiB body, never held whole by anyone.
     static CHUNK: [u8; 65536] = [7u8; 65536];
-    let chunks = futures_util::stream::iter((0..GIB / 65536).map(|_| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(&CHUNK)))));
+    let chunks =
+        futures_util::stream::iter((0..GIB / 65536).map(|_| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(&CHUNK)))));
     let req = http::Request::post(format!("https://localhost:{}/svc/upload", proxy.addr.port()))
         .header("authorization", format!("Bearer {token}"))
         .body(gatehouse::body::boxed(StreamBody::new(chunks)))

@@ -107,10 +107,7 @@ impl Authenticator {
             issuers.insert(s.issuer.clone(), Arc::new(Issuer::new(s.clone(), metrics.clone())?));
         }
         let max_token_bytes = settings.iter().map(|s| s.max_token_bytes).max().unwrap_or(16 * 1024);
-        let verified = moka::sync::Cache::builder()
-            .max_capacity(100_000)
-            .expire_after(CacheUntil)
-            .build();
+        let verified = moka::sync::Cache::builder().max_capacity(100_000).expire_after(CacheUntil).build();
         Ok(Self { issuers, verified, max_token_bytes })
     }
 
@@ -162,6 +159,24 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthnError> {
         return Err(AuthnError::MissingToken);
     }
     Ok(token)
+}
+
+/// The `kid` and `iss` of a refused token, read without trusting them and
+/// shortened, so that logs can answer "why was I denied" without holding
+/// any token bytes.
+pub fn refusal_hints(headers: &HeaderMap) -> (Option<String>, Option<String>) {
+    use base64::Engine;
+    let Ok(token) = bearer_token(headers) else { return (None, None) };
+    let mut parts = token.split('.');
+    let part = |p: Option<&str>, key: &str| -> Option<String> {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p?).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        let s = v.get(key)?.as_str()?;
+        Some(s.chars().filter(|c| !c.is_control()).take(128).collect())
+    };
+    let kid = part(parts.next(), "kid");
+    let iss = part(parts.next(), "iss");
+    (kid, iss)
 }
 
 fn token_hash(token: &str) -> [u8; 32] {

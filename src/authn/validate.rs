@@ -109,12 +109,7 @@ pub async fn validate(token: &str, issuers: &HashMap<String, Arc<Issuer>>) -> Re
     // Cache no longer than the configured TTL, and never past exp.
     let left = Duration::from_secs((exp + leeway).saturating_sub(now));
     let cache_until = Instant::now() + left.min(settings.verified_cache_ttl);
-    Ok(Principal {
-        subject: Subject { iss: iss.to_owned(), sub, scopes, claims },
-        client_id,
-        jti,
-        cache_until,
-    })
+    Ok(Principal { subject: Subject { iss: iss.to_owned(), sub, scopes, claims }, client_id, jti, cache_until })
 }
 
 fn decode_object(part: &str) -> Option<Map<String, Value>> {

@@ -257,10 +257,12 @@ impl Validator<'_> {
     }
 
     fn listen(&mut self, l: &RawListen) -> Option<Listen> {
+        // The TLS files are read and checked by `tls::server_config` (in
+        // `check` and `serve`), not here: policy tools need no certificates.
         let addr = self.addr(&l.addr);
-        let tls_cert = self.existing_file(&l.tls_cert);
-        let tls_key = self.existing_file(&l.tls_key);
-        let client_ca = l.client_ca.as_ref().map(|c| self.existing_file(c));
+        let tls_cert = self.path(&l.tls_cert);
+        let tls_key = self.path(&l.tls_key);
+        let client_ca = l.client_ca.as_ref().map(|c| self.path(c));
         Some(Listen { addr: addr?, tls_cert, tls_key, client_ca })
     }
 
@@ -515,7 +517,9 @@ impl Validator<'_> {
             other => {
                 self.err(
                     &r.kind,
-                    format!("unknown credential kind `{other}` (client_credentials, refresh_token, token_exchange, static, passthrough, none)"),
+                    format!(
+                        "unknown credential kind `{other}` (client_credentials, refresh_token, token_exchange, static, passthrough, none)"
+                    ),
                 );
                 return None;
             }
@@ -599,8 +603,7 @@ impl Validator<'_> {
                 self.err(&r.name, format!("route `{}` is defined twice", r.name.get_ref()));
             }
             let prefix = r.path_prefix.get_ref();
-            if !prefix.starts_with('/') || prefix.contains(['?', '#', '%', '\\']) || prefix.contains("/../") || prefix.contains("//")
-            {
+            if !prefix.starts_with('/') || prefix.contains(['?', '#', '%', '\\']) || prefix.contains("/../") || prefix.contains("//") {
                 self.err(&r.path_prefix, format!("path_prefix `{prefix}` must be a plain normalized path starting with `/`"));
             }
             if !upstreams.contains(&r.upstream.get_ref().as_str()) {

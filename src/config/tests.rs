@@ -86,7 +86,8 @@ fn literal_secrets_and_plain_http_idp_are_refused() {
 #[test]
 fn hmac_and_none_algorithms_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let text = base(dir.path()).replace("audiences = [\"gatehouse\"]", "audiences = [\"gatehouse\"]\nalgorithms = [\"RS256\", \"HS256\", \"none\"]");
+    let text = base(dir.path())
+        .replace("audiences = [\"gatehouse\"]", "audiences = [\"gatehouse\"]\nalgorithms = [\"RS256\", \"HS256\", \"none\"]");
     let path = write(dir.path(), "g.toml", &text);
     let shown: Vec<String> = Config::load(&path).unwrap_err().iter().map(ToString::to_string).collect();
     assert_eq!(shown.len(), 2, "{shown:#?}");
@@ -96,9 +97,10 @@ fn hmac_and_none_algorithms_are_refused() {
 #[test]
 fn missing_files_are_reported_at_their_key() {
     let dir = tempfile::tempdir().unwrap();
-    let text = base(dir.path()).replace("tls_cert = \"cert.pem\"", "tls_cert = \"missing.pem\"");
+    let text = base(dir.path()).replace("client_secret_file = \"secret\"", "client_secret_file = \"missing.pem\"");
     let path = write(dir.path(), "g.toml", &text);
     let shown: Vec<String> = Config::load(&path).unwrap_err().iter().map(ToString::to_string).collect();
     assert_eq!(shown.len(), 1, "{shown:#?}");
-    assert!(shown[0].contains(":4:") && shown[0].contains("missing.pem"), "{shown:#?}");
+    let line = text.lines().position(|l| l.contains("missing.pem")).unwrap() + 1;
+    assert!(shown[0].contains(&format!(":{line}:")) && shown[0].contains("missing.pem"), "{shown:#?}");
 }

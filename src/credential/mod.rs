@@ -7,6 +7,14 @@
 //! passed (backing off 1 s doubling to 60 s while the endpoint fails), keeps
 //! serving the cached token while the endpoint is down until 5 s before its
 //! expiry, and tells a [`RefreshObserver`] about every attempt.
+//!
+//! Tokens that live under 50 s keep a margin of a tenth of their lifetime
+//! instead of 5 s (a 2 s token would otherwise never be usable).
+//!
+//! Crash-test failpoint: with `GATEHOUSE_FAILPOINT=after_rotation_received`
+//! in the environment, the process aborts (`std::process::abort`) after a
+//! rotated refresh token was received and before it is committed to the
+//! store, for the kill -9 test. Nothing else reads that variable.
 
 mod assertion;
 mod grant;
@@ -209,6 +217,7 @@ impl UpstreamCredential {
         Self::with_timing(upstream, spec, http, store, observer, Timing::default())
     }
 
+    /// [`new`](Self::new) with other timing rules (tests shorten them).
     pub(crate) fn with_timing(
         upstream: String,
         spec: CredentialSpec,

@@ -30,7 +30,8 @@ const EXAMPLE_POLICY: &str = include_str!("../../policies/echo.toml");
 /// Runs the quickstart until Ctrl-C.
 pub async fn run(port: u16, admin_port: u16) -> anyhow::Result<()> {
     let loopback = Ipv4Addr::LOCALHOST;
-    let certs = certs::ensure_dev_certs(Path::new("certs")).map_err(|e| anyhow::anyhow!("cannot create the dev certificates under certs/: {e}"))?;
+    let certs =
+        certs::ensure_dev_certs(Path::new("certs")).map_err(|e| anyhow::anyhow!("cannot create the dev certificates under certs/: {e}"))?;
     let policies = PathBuf::from("policies");
     if !policies.exists() {
         std::fs::create_dir_all(&policies)?;
@@ -43,9 +44,18 @@ pub async fn run(port: u16, admin_port: u16) -> anyhow::Result<()> {
     let mut upstream_secret = [0u8; 12];
     aws_lc_rs::rand::fill(&mut upstream_secret).map_err(|_| anyhow::anyhow!("no randomness"))?;
     let upstream_value = format!("Bearer dev-upstream-{}", hex(&upstream_secret));
-    let config = dev_config(&certs, &issuer.issuer, echo_addr, SocketAddr::from((loopback, port)), SocketAddr::from((loopback, admin_port)), upstream_value);
-    let proxy = TcpListener::bind(config.listen.addr).await.with_context(|| format!("cannot listen on {}", config.listen.addr))?;
+    let proxy = TcpListener::bind((loopback, port)).await.with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
     let admin = TcpListener::bind((loopback, admin_port)).await.with_context(|| format!("cannot listen on 127.0.0.1:{admin_port}"))?;
+    // Port 0 asks the OS for a free port: print the ones really bound.
+    let (port, admin_port) = (proxy.local_addr()?.port(), admin.local_addr()?.port());
+    let config = dev_config(
+        &certs,
+        &issuer.issuer,
+        echo_addr,
+        SocketAddr::from((loopback, port)),
+        SocketAddr::from((loopback, admin_port)),
+        upstream_value,
+    );
     let token = issuer
         .mint(
             json!({"sub": "dev-connector", "aud": "gatehouse", "client_id": "dev-connector", "scope": "echo.read echo.write", "jti": "dev-1"})
@@ -75,7 +85,14 @@ pub async fn run(port: u16, admin_port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn dev_config(certs: &certs::DevCerts, issuer: &str, echo: SocketAddr, listen: SocketAddr, admin: SocketAddr, upstream_value: String) -> Config {
+fn dev_config(
+    certs: &certs::DevCerts,
+    issuer: &str,
+    echo: SocketAddr,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    upstream_value: String,
+) -> Config {
     let issuer = IssuerSettings {
         issuer: issuer.to_owned(),
         audiences: vec!["gatehouse".into()],

@@ -1,7 +1,7 @@
 //! The behaviour every [`CredentialStore`] backend must show, as functions a
 //! backend's tests call with a fresh store:
 //!
-//! ```ignore
+//! ```text
 //! conformance::conformance(store.clone()).await.unwrap();
 //! conformance::conformance_at_rest(store, || async { dump_all_bytes() }).await.unwrap();
 //! ```

@@ -114,7 +114,8 @@ impl TestIdp {
                         let server = server.clone();
                         async move { Ok::<_, Infallible>(server.answer(req.uri().path())) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tcp), svc).await;
+                    let _ =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tcp), svc).await;
                 });
             }
         });
@@ -148,7 +149,8 @@ impl TestIdp {
 
     /// Standard valid claims; `extra` overrides or adds (a null value removes).
     pub fn claims(&self, extra: Value) -> Value {
-        let mut c = json!({"iss": self.issuer, "sub": "svc-a", "aud": "gatehouse", "exp": now() + 300, "iat": now(), "scope": "test", "jti": "j"});
+        let mut c =
+            json!({"iss": self.issuer, "sub": "svc-a", "aud": "gatehouse", "exp": now() + 300, "iat": now(), "scope": "test", "jti": "j"});
         if let Value::Object(m) = extra {
             for (k, v) in m {
                 if v.is_null() {
@@ -171,7 +173,8 @@ impl TestIdp {
     pub fn raw_sign(&self, key: Key, alg: &str, msg: &[u8]) -> Vec<u8> {
         let rng = SystemRandom::new();
         let rsa = |k: &RsaKeyPair| {
-            let pad: &'static dyn signature::RsaEncoding = if alg.starts_with("PS") { &signature::RSA_PSS_SHA256 } else { &signature::RSA_PKCS1_SHA256 };
+            let pad: &'static dyn signature::RsaEncoding =
+                if alg.starts_with("PS") { &signature::RSA_PSS_SHA256 } else { &signature::RSA_PKCS1_SHA256 };
             let mut sig = vec![0; k.public_modulus_len()];
             k.sign(pad, &rng, msg, &mut sig).unwrap();
             sig
@@ -184,7 +187,9 @@ impl TestIdp {
             Key::AttackerEc => self.attacker_ec.sign(&rng, msg).unwrap().as_ref().to_vec(),
             Key::Ed => self.ed.sign(msg).as_ref().to_vec(),
             Key::AttackerEd => self.attacker_ed.sign(msg).as_ref().to_vec(),
-            Key::Hmac(secret) => aws_lc_rs::hmac::sign(&aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret), msg).as_ref().to_vec(),
+            Key::Hmac(secret) => {
+                aws_lc_rs::hmac::sign(&aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret), msg).as_ref().to_vec()
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod idp;
+pub mod oidc;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};
@@ -178,7 +179,10 @@ impl ChildProxy {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn gatehouse");
-        let stderr = child.stderr.take().expect("stderr");
+        let stderr = child.stderr.take();
+        // From here on the child is owned by a guard that kills and reaps it.
+        let mut guard = ChildProxy { child, addr: ([0, 0, 0, 0], 0).into(), admin: ([0, 0, 0, 0], 0).into(), stderr_lines: std::sync::mpsc::channel().1 };
+        let stderr = stderr.expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -196,7 +200,10 @@ impl ChildProxy {
             if fields["message"] == "gatehouse is serving" {
                 let addr = fields["proxy"].as_str().expect("proxy addr").parse().expect("addr");
                 let admin = fields["admin"].as_str().expect("admin addr").parse().expect("addr");
-                return ChildProxy { child, addr, admin, stderr_lines: rx };
+                guard.addr = addr;
+                guard.admin = admin;
+                guard.stderr_lines = rx;
+                return guard;
             }
         }
     }

@@ -58,11 +58,7 @@ impl TestUpstream {
 
     async fn start(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let up = TestUpstream {
-            addr: listener.local_addr().expect("addr"),
-            seen: Arc::default(),
-            slow_started: Arc::new(Notify::new()),
-        };
+        let up = TestUpstream { addr: listener.local_addr().expect("addr"), seen: Arc::default(), slow_started: Arc::new(Notify::new()) };
         let server = up.clone();
         tokio::spawn(async move {
             loop {
@@ -144,7 +140,8 @@ impl TestUpstream {
         }
         let headers: serde_json::Map<String, serde_json::Value> =
             parts.headers.iter().map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or("")))).collect();
-        let answer = json!({"uri": parts.uri.to_string(), "version": format!("{:?}", parts.version), "body_len": body_len, "headers": headers});
+        let answer =
+            json!({"uri": parts.uri.to_string(), "version": format!("{:?}", parts.version), "body_len": body_len, "headers": headers});
         let mut r = Response::new(full(Bytes::from(answer.to_string())));
         r.headers_mut().insert("connection", http::HeaderValue::from_static("keep-alive, x-upstream-hop"));
         r.headers_mut().insert("x-upstream-hop", http::HeaderValue::from_static("secret-hop"));
