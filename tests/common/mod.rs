@@ -181,7 +181,12 @@ impl ChildProxy {
             .expect("spawn gatehouse");
         let stderr = child.stderr.take();
         // From here on the child is owned by a guard that kills and reaps it.
-        let mut guard = ChildProxy { child, addr: ([0, 0, 0, 0], 0).into(), admin: ([0, 0, 0, 0], 0).into(), stderr_lines: std::sync::mpsc::channel().1 };
+        let mut guard = ChildProxy {
+            child,
+            addr: ([0, 0, 0, 0], 0).into(),
+            admin: ([0, 0, 0, 0], 0).into(),
+            stderr_lines: std::sync::mpsc::channel().1,
+        };
         let stderr = stderr.expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
