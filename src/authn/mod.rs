@@ -123,6 +123,21 @@ impl Authenticator {
         self.issuers.values().all(|i| i.has_keys())
     }
 
+    /// Installs a JWKS for `issuer` as if it had been fetched (benchmarks
+    /// and tools; the proxy fetches keys itself).
+    pub fn install_jwks(&self, issuer: &str, jwks: &[u8]) -> Result<(), String> {
+        let i = self.issuers.get(issuer).ok_or_else(|| format!("no issuer {issuer}"))?;
+        i.install(jwks::parse_jwks(jwks)?);
+        Ok(())
+    }
+
+    /// Full validation, skipping the verified-token cache (what a token
+    /// seen for the first time costs; benchmarks).
+    pub async fn authenticate_uncached(&self, headers: &HeaderMap) -> Result<Arc<Principal>, AuthnError> {
+        let token = bearer_token(headers)?;
+        Ok(Arc::new(validate::validate(token, &self.issuers).await?))
+    }
+
     /// Authenticates the request's bearer token.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Authenticated, AuthnError> {
         let token = bearer_token(headers)?;
