@@ -132,10 +132,15 @@ pub async fn run(config: Config, listeners: Listeners, hup: Arc<Notify>, shutdow
     }
     let proxy_addr = listeners.proxy.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "gatehouse is serving");
+    let drain_timeout = config.limits.drain_timeout;
     server::serve(listeners.proxy, tls, gw.clone(), config.limits, shutdown).await;
     let _ = stop_tx.send(true);
-    if sink.flush().await.is_err() {
-        tracing::error!("the audit writer stopped before the final flush");
+    // Bounded: with a broken disk the records cannot be written, and the
+    // process must still be able to stop (they are reported, not hidden).
+    match tokio::time::timeout(drain_timeout, sink.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => tracing::error!("the audit writer stopped before the final flush"),
+        Err(_) => tracing::error!("audit records could not be written before shutdown; the audit log is unwritable"),
     }
     drop(gw);
     drop(sink);

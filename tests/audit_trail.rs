@@ -172,3 +172,31 @@ async fn audit_verify_passes_a_rotated_set_and_names_the_first_tampered_line() {
     assert_eq!(verify(&swapped).status.code(), Some(1));
     assert!(verify(&files).status.success());
 }
+
+#[tokio::test]
+async fn an_unwritable_audit_log_turns_unready_and_refuses_unaudited_traffic() {
+    let env = TestEnv::new().await;
+    let up = TestUpstream::http().await;
+    env.write_policy("svc.toml", POLICY);
+    let cfg = env.write_config(&config(&up.http_url(), "http://127.0.0.1:9"));
+    // /dev/full: every write fails with ENOSPC, like a full disk.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("path = \"audit/audit.jsonl\"", "path = \"/dev/full\"");
+    std::fs::write(&cfg, text).unwrap();
+    let proxy = Proxy::start(&cfg).await;
+    let c = client::h1(&env.certs.ca);
+    let token = env.token("svc-a", "test");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut refused = None;
+    while refused.is_none() {
+        let r = get(&c, proxy.addr, "/svc/x", Some(&token)).await;
+        if r.status == 503 {
+            refused = Some(r);
+        }
+        assert!(std::time::Instant::now() < deadline, "requests were still served with a broken audit log");
+    }
+    let r = refused.unwrap();
+    assert_eq!(r.json()["error"], "audit_unavailable");
+    let (status, body) = client::admin_get(proxy.admin, "/readyz").await.unwrap();
+    assert_eq!(status, 503);
+    assert!(body.contains("audit"), "{body}");
+}

@@ -265,3 +265,40 @@ async fn slowloris_connection_is_closed_within_the_header_timeout_without_delayi
     assert!(closed_after < Duration::from_millis(2500), "closed after {closed_after:?}, header timeout is 1 s");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn client_certificates_are_required_when_client_ca_is_set() {
+    let env = TestEnv::new().await;
+    let up = TestUpstream::http().await;
+    env.write_policy("all.toml", ALLOW_ALL);
+    // A separate CA for clients; its leaf certificate is the client's.
+    let clients = gatehouse::dev::certs::write_certs(&env.path("clients"), "client CA", &["connector-1"]).unwrap();
+    let cfg = env.write_config(&routes(&up.http_url(), ""));
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("tls_key = \"certs/server-key.pem\"", "tls_key = \"certs/server-key.pem\"\nclient_ca = \"clients/dev-ca.pem\"");
+    std::fs::write(&cfg, text).unwrap();
+    let proxy = Proxy::start(&cfg).await;
+    let token = env.token("svc-a", "test");
+    let uri = format!("https://localhost:{}/svc/m", proxy.addr.port());
+    let request = || http::Request::get(&uri).header("authorization", format!("Bearer {token}")).body(gatehouse::body::empty()).unwrap();
+    // Without a client certificate: no answer.
+    let anonymous = client::h1(&env.certs.ca);
+    assert!(anonymous.request(request()).await.is_err(), "a caller without a client certificate was served");
+    // With one signed by the client CA: served.
+    let chain = gatehouse::tls::read_certs(&clients.cert).unwrap();
+    let key = <rustls_pki_types::PrivateKeyDer as rustls_pki_types::pem::PemObject>::from_pem_file(&clients.key).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(gatehouse::tls::read_certs(&env.certs.ca).unwrap().remove(0)).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(gatehouse::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let conn = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
+    let with_cert: client::TestClient = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(conn);
+    let r = client::send(&with_cert, request()).await;
+    assert_eq!(r.status, 200);
+    proxy.stop().await;
+}

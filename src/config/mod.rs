@@ -572,7 +572,12 @@ impl Validator<'_> {
                     self.err(c, "private_key_jwt needs private_key_file and key_id");
                     return None;
                 };
-                ClientAuth::PrivateKeyJwt { key_pem: self.file_secret(key_file)?, key_id: key_id.get_ref().clone() }
+                let auth = ClientAuth::PrivateKeyJwt { key_pem: self.file_secret(key_file)?, key_id: key_id.get_ref().clone() };
+                if let Err(why) = auth.check() {
+                    self.err(key_file, format!("private_key_file cannot sign client assertions: {why}"));
+                    return None;
+                }
+                auth
             }
             other => {
                 if let Some(m) = &r.auth_method {

@@ -104,3 +104,18 @@ fn missing_files_are_reported_at_their_key() {
     let line = text.lines().position(|l| l.contains("missing.pem")).unwrap() + 1;
     assert!(shown[0].contains(&format!(":{line}:")) && shown[0].contains("missing.pem"), "{shown:#?}");
 }
+
+#[test]
+fn an_unusable_private_key_jwt_key_is_reported_at_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "client.pem", "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n");
+    let text = base(dir.path()).replace(
+        "client_secret_file = \"secret\"",
+        "auth_method = \"private_key_jwt\"\nprivate_key_file = \"client.pem\"\nkey_id = \"k1\"",
+    );
+    let path = write(dir.path(), "g.toml", &text);
+    let shown: Vec<String> = Config::load(&path).unwrap_err().iter().map(ToString::to_string).collect();
+    let line = text.lines().position(|l| l.contains("client.pem")).unwrap() + 1;
+    assert_eq!(shown.len(), 1, "{shown:#?}");
+    assert!(shown[0].contains(&format!(":{line}:")) && shown[0].contains("cannot sign client assertions"), "{shown:#?}");
+}

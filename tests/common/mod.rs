@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod idp;
+pub mod oauth;
 pub mod oidc;
 pub mod upstream;
 
@@ -167,14 +168,22 @@ pub struct ChildProxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub stderr_lines: std::sync::mpsc::Receiver<String>,
+    /// The stderr lines read before (and including) the "serving" line.
+    pub startup_lines: Vec<String>,
 }
 
 impl ChildProxy {
     pub fn spawn(config: &Path) -> ChildProxy {
+        Self::spawn_with_env(config, &[])
+    }
+
+    /// Like `spawn`, with these variables added to the inherited environment.
+    pub fn spawn_with_env(config: &Path, vars: &[(&str, &str)]) -> ChildProxy {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
             .args(["--log-format", "json", "--config"])
             .arg(config)
             .arg("serve")
+            .envs(vars.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -186,6 +195,7 @@ impl ChildProxy {
             addr: ([0, 0, 0, 0], 0).into(),
             admin: ([0, 0, 0, 0], 0).into(),
             stderr_lines: std::sync::mpsc::channel().1,
+            startup_lines: Vec::new(),
         };
         let stderr = stderr.expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -200,6 +210,7 @@ impl ChildProxy {
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let line = rx.recv_timeout(left).expect("gatehouse did not report its addresses");
+            guard.startup_lines.push(line.clone());
             let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
             let fields = &v["fields"];
             if fields["message"] == "gatehouse is serving" {
