@@ -159,9 +159,12 @@ impl Connection {
         });
         let conn = self.builder.serve_connection(TokioIo::new(tls), service);
         tokio::pin!(conn);
+        // One timer per connection, set to the moment it would become idle
+        // (not a periodic tick: 10,000 idle connections must cost nothing).
         let idle_timeout = self.limits.idle_timeout;
-        let mut tick = tokio::time::interval(Duration::from_millis(250).min(idle_timeout / 2).max(Duration::from_millis(10)));
-        let mut closing: Option<Instant> = None;
+        let timer = tokio::time::sleep(idle_timeout);
+        tokio::pin!(timer);
+        let mut closing = false;
         loop {
             tokio::select! {
                 res = conn.as_mut() => {
@@ -170,21 +173,27 @@ impl Connection {
                     }
                     break;
                 }
-                changed = self.drain.changed(), if closing.is_none() => {
+                changed = self.drain.changed(), if !closing => {
                     if changed.is_err() || *self.drain.borrow() {
                         conn.as_mut().graceful_shutdown();
-                        closing = Some(Instant::now());
+                        closing = true;
+                        timer.as_mut().reset(tokio::time::Instant::now() + self.limits.drain_timeout);
                     }
                 }
-                _ = tick.tick() => {
-                    match closing {
-                        None => if activity.idle_for().is_some_and(|d| d >= idle_timeout) {
-                            conn.as_mut().graceful_shutdown();
-                            closing = Some(Instant::now());
-                        },
+                _ = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if closing {
                         // A peer that ignores the close is cut off.
-                        Some(since) if since.elapsed() > self.limits.drain_timeout => break,
-                        Some(_) => {}
+                        break;
+                    }
+                    match activity.idle_for() {
+                        Some(idle) if idle >= idle_timeout => {
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                            timer.as_mut().reset(now + self.limits.drain_timeout);
+                        }
+                        Some(idle) => timer.as_mut().reset(now + (idle_timeout - idle)),
+                        None => timer.as_mut().reset(now + idle_timeout),
                     }
                 }
             }

@@ -302,3 +302,26 @@ async fn client_certificates_are_required_when_client_ca_is_set() {
     assert_eq!(r.status, 200);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::new().await;
+    let up = TestUpstream::http().await;
+    env.write_policy("all.toml", ALLOW_ALL);
+    let proxy = Proxy::start(&env.write_config(&format!("[limits]\nidle_timeout_ms = 300\n{}", routes(&up.http_url(), "")))).await;
+    let token = env.token("svc-a", "test");
+    let mut s = client::tls_connect(proxy.addr, &env.certs.ca).await;
+    s.write_all(format!("GET /svc/k HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    let n = s.read(&mut buf).await.unwrap();
+    assert_eq!(raw_status(&String::from_utf8_lossy(&buf[..n])), 200);
+    let idle_since = std::time::Instant::now();
+    // The server closes the kept-alive connection once it has been idle for 300 ms.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the idle connection was not closed");
+    let after = idle_since.elapsed();
+    assert!(after >= Duration::from_millis(250), "closed too early: {after:?}");
+    proxy.stop().await;
+}
