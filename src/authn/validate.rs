@@ -9,14 +9,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Validation;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
 use super::jwks::Issuer;
 use super::{AuthnError, Principal};
 use crate::authz::Subject;
-use crate::config::ScopeClaim;
+use crate::config::{ScopeClaim, parse_algorithm};
 
 const ACCEPTED_TYP: [&str; 3] = ["JWT", "at+jwt", "application/at+jwt"];
 
@@ -58,7 +58,7 @@ pub async fn validate(token: &str, issuers: &HashMap<String, Arc<Issuer>>) -> Re
     };
     let issuer = issuers.get(iss).ok_or(AuthnError::BadIssuer)?;
     let settings = &issuer.settings;
-    let alg = parse_alg(alg_name).ok_or_else(|| AuthnError::BadAlgorithm(format!("`{alg_name}` is not allowed")))?;
+    let alg = parse_algorithm(alg_name).ok_or_else(|| AuthnError::BadAlgorithm(format!("`{alg_name}` is not allowed")))?;
     if !settings.algorithms.contains(&alg) {
         return Err(AuthnError::BadAlgorithm(format!("`{alg_name}` is not allowed for this issuer")));
     }
@@ -118,22 +118,6 @@ fn decode_object(part: &str) -> Option<Map<String, Value>> {
         Value::Object(m) => Some(m),
         _ => None,
     }
-}
-
-fn parse_alg(name: &str) -> Option<Algorithm> {
-    Some(match name {
-        "RS256" => Algorithm::RS256,
-        "RS384" => Algorithm::RS384,
-        "RS512" => Algorithm::RS512,
-        "PS256" => Algorithm::PS256,
-        "PS384" => Algorithm::PS384,
-        "PS512" => Algorithm::PS512,
-        "ES256" => Algorithm::ES256,
-        "ES384" => Algorithm::ES384,
-        "EdDSA" => Algorithm::EdDSA,
-        // none, HS*, and anything else: never with public keys.
-        _ => return None,
-    })
 }
 
 /// Scopes from `scope` (space-separated) and/or `scp` (array).

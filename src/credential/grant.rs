@@ -80,7 +80,6 @@ struct RawAnswer {
 #[derive(Deserialize)]
 struct RawError {
     error: String,
-    error_description: Option<String>,
 }
 
 /// Why the token endpoint gave no token.
@@ -291,12 +290,12 @@ fn seconds(value: &serde_json::Value) -> Option<u64> {
 fn parse_error(status: StatusCode, bytes: &[u8]) -> EndpointError {
     match serde_json::from_slice::<RawError>(bytes) {
         Ok(raw) => {
-            let code = sanitize(&raw.error, 64);
-            let message = match raw.error_description.as_deref().map(|d| sanitize(d, 200)) {
-                Some(description) if !description.is_empty() => format!("{code} ({description})"),
-                _ => code.clone(),
-            };
-            EndpointError::OAuth { status, code, message }
+            // Only a registered error code is repeated: `error_description`
+            // (and any unknown code) is free text in which a token endpoint
+            // may quote what it was sent, client secret included, and this
+            // message reaches the audit log and the caller's 503.
+            let code = known_error_code(&raw.error).unwrap_or("unrecognized_error_code").to_owned();
+            EndpointError::OAuth { status, message: code.clone(), code }
         }
         // The body is not echoed: it is not ours to trust or to log.
         Err(_) => EndpointError::Other(format!("token endpoint answered {}", status.as_u16())),
@@ -304,6 +303,28 @@ fn parse_error(status: StatusCode, bytes: &[u8]) -> EndpointError {
 }
 
 /// Keeps printable ASCII only (RFC 6749 §5.2 allows nothing else) and caps the length.
+/// OAuth error codes (RFC 6749 §5.2, RFC 8693 §2.2.2, RFC 8707, RFC 6750,
+/// RFC 9449), the only token-endpoint text that is repeated.
+fn known_error_code(code: &str) -> Option<&'static str> {
+    const CODES: [&str; 14] = [
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+        "invalid_target",
+        "access_denied",
+        "server_error",
+        "temporarily_unavailable",
+        "invalid_token",
+        "insufficient_scope",
+        "invalid_dpop_proof",
+        "use_dpop_nonce",
+    ];
+    CODES.into_iter().find(|c| *c == code)
+}
+
 fn sanitize(text: &str, max: usize) -> String {
     text.chars().filter(|c| (' '..='~').contains(c)).take(max).collect()
 }

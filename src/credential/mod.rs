@@ -8,8 +8,10 @@
 //! serving the cached token while the endpoint is down until 5 s before its
 //! expiry, and tells a [`RefreshObserver`] about every attempt.
 //!
-//! Tokens that live under 50 s keep a margin of a tenth of their lifetime
-//! instead of 5 s (a 2 s token would otherwise never be usable).
+//! A token is never used within 5 s of its expiry; one that does not live
+//! longer than 5 s (which cannot keep that rule) is used for the first half
+//! of its life. When 80 % of the lifetime lies past the usable window, the
+//! refresh comes at 80 % of the usable window instead.
 //!
 //! Crash-test failpoint: with `GATEHOUSE_FAILPOINT=after_rotation_received`
 //! in the environment, the process aborts (`std::process::abort`) after a

@@ -22,9 +22,6 @@ use tokio::time::Instant;
 pub(crate) struct Timing {
     /// A token is never used this close to its expiry...
     pub expiry_margin: Duration,
-    /// ...or, for short-lived tokens, this fraction of its lifetime if that is
-    /// smaller (a 2 s token would otherwise never be usable).
-    pub short_margin_fraction: f64,
     /// Background refresh starts once this fraction of the lifetime passed.
     pub refresh_fraction: f64,
     /// While fetching fails, callers start at most one attempt per this interval.
@@ -43,7 +40,6 @@ impl Default for Timing {
     fn default() -> Self {
         Self {
             expiry_margin: Duration::from_secs(5),
-            short_margin_fraction: 0.1,
             refresh_fraction: 0.8,
             min_retry: Duration::from_secs(1),
             backoff_min: Duration::from_secs(1),
@@ -70,9 +66,17 @@ impl Token {
     /// A token that lives `lifetime` from `issued` (taken before the request
     /// was sent, so the estimate errs on the early side).
     pub fn new(value: HeaderValue, lifetime: Duration, issued: Instant, timing: &Timing) -> Self {
-        let margin = timing.expiry_margin.min(lifetime.mul_f64(timing.short_margin_fraction));
-        let usable_until = issued + lifetime.saturating_sub(margin);
-        let refresh_at = (issued + lifetime.mul_f64(timing.refresh_fraction)).min(usable_until);
+        // SPEC §2: never used within `expiry_margin` (5 s) of its expiry.
+        // A token that does not even live that long cannot keep the rule;
+        // it is used for the first half of its life only.
+        let margin = if lifetime > timing.expiry_margin { timing.expiry_margin } else { lifetime / 2 };
+        let usable = lifetime.saturating_sub(margin);
+        let usable_until = issued + usable;
+        // Refreshed once `refresh_fraction` (80 %) of the lifetime has passed,
+        // or earlier when that point lies past the usable window, so that a
+        // fresh token is there before the old one stops being used.
+        let nominal = lifetime.mul_f64(timing.refresh_fraction);
+        let refresh_at = issued + if nominal < usable { nominal } else { usable.mul_f64(timing.refresh_fraction) };
         let expires_at = OffsetDateTime::now_utc() + time::Duration::try_from(lifetime).unwrap_or(time::Duration::MAX);
         Self { value, usable_until, refresh_at, expires_at }
     }

@@ -298,11 +298,13 @@ mod caching {
         }
         assert!(total > 1000, "only {total} calls");
         let seen = idp.seen();
-        assert!((3..=6).contains(&seen.len()), "{} token requests", seen.len());
+        // A 2 s token cannot keep the 5 s margin: it is used for 1 s and
+        // refreshed at 0.8 s, so about 7 refreshes in 6 s.
+        assert!((5..=10).contains(&seen.len()), "{} token requests", seen.len());
         for pair in seen.windows(2) {
             let gap = pair[1].at - pair[0].at;
-            assert!(gap < Duration::from_secs(2), "refresh came {gap:?} after the previous token: past its expiry");
-            assert!(gap > Duration::from_millis(1200), "refreshed too early: {gap:?}");
+            assert!(gap < Duration::from_secs(1), "refresh came {gap:?} after the previous token: past its usable window");
+            assert!(gap > Duration::from_millis(600), "refreshed too early: {gap:?}");
         }
         assert!(h.events.all().iter().all(|e| e.ok));
     }
@@ -312,7 +314,7 @@ mod caching {
         let idp = Idp::start(Behaviour { lifetime: Some(8), ..Behaviour::default() }).await;
         // The real 5 s margin; the refresh point moved to 2 s so that the
         // test lasts seconds: usable until 8 - 5 = 3 s.
-        let timing = Timing { short_margin_fraction: 1.0, refresh_fraction: 0.25, ..Timing::default() };
+        let timing = Timing { refresh_fraction: 0.25, ..Timing::default() };
         let h = harness(CredentialSpec::ClientCredentials(basic_client(&idp)), None, timing);
         h.cred.start();
         let t0 = Instant::now();
@@ -414,9 +416,15 @@ mod caching {
         let hour = slot::Token::new(header.clone(), Duration::from_secs(3600), issued, &timing);
         assert_eq!(hour.usable_until - issued, Duration::from_secs(3595));
         assert_eq!(hour.refresh_at - issued, Duration::from_secs(2880));
+        // 8 s: the 5 s margin holds; 80 % (6.4 s) lies past the usable 3 s,
+        // so the refresh comes at 80 % of those 3 s.
+        let eight = slot::Token::new(header.clone(), Duration::from_secs(8), issued, &timing);
+        assert_eq!(eight.usable_until - issued, Duration::from_secs(3));
+        assert_eq!(eight.refresh_at - issued, Duration::from_millis(2400));
+        // 2 s cannot keep a 5 s margin: the first half only.
         let two = slot::Token::new(header, Duration::from_secs(2), issued, &timing);
-        assert_eq!(two.usable_until - issued, Duration::from_millis(1800));
-        assert_eq!(two.refresh_at - issued, Duration::from_millis(1600));
+        assert_eq!(two.usable_until - issued, Duration::from_secs(1));
+        assert_eq!(two.refresh_at - issued, Duration::from_millis(800));
     }
 }
 
@@ -464,14 +472,14 @@ mod requests {
     #[tokio::test]
     async fn oauth_errors_are_reported_by_code_and_other_bodies_are_not_echoed() {
         let idp = Idp::start(Behaviour {
-            fail: Some((401, "{\"error\":\"invalid_client\",\"error_description\":\"bad secret\"}")),
+            fail: Some((401, "{\"error\":\"invalid_client\",\"error_description\":\"bad secret s3cret\"}")),
             ..Behaviour::default()
         })
         .await;
         let h = harness(CredentialSpec::ClientCredentials(basic_client(&idp)), None, Timing::default());
         let err = value(&h.cred).await.unwrap_err().to_string();
-        assert!(err.contains("answered 401: invalid_client (bad secret)") && err.contains("crm"), "{err}");
-        assert!(!err.contains("s3cret"));
+        assert!(err.contains("answered 401: invalid_client") && err.contains("crm"), "{err}");
+        assert!(!err.contains("s3cret") && !err.contains("bad secret"), "error_description is never repeated: {err}");
 
         let idp = Idp::start(Behaviour { fail: Some((500, "<html>internal leak-me</html>")), ..Behaviour::default() }).await;
         let h = harness(CredentialSpec::ClientCredentials(basic_client(&idp)), None, Timing::default());
@@ -723,37 +731,6 @@ mod refresh_token {
         assert_eq!(why, "no refresh token stored for upstream crm; run `gatehouse credentials set crm --refresh-token-stdin`");
         assert_eq!(idp.hits(), 0);
         assert_eq!(h.events.all()[0].kind, "refresh_token");
-    }
-
-    /// Run by `failpoint_aborts_between_receiving_and_committing_a_rotation`
-    /// in a child process; aborts when the failpoint works.
-    #[tokio::test]
-    #[ignore = "run as a child process by the failpoint test"]
-    async fn failpoint_child() {
-        let Ok(path) = std::env::var("GATEHOUSE_TEST_DB") else { return };
-        let store = Arc::new(SqliteStore::open(std::path::Path::new(&path), vec![StoreKey::from_bytes(&[4; 32]).unwrap()]).unwrap());
-        let idp = Idp::start(Behaviour { rotate: true, ..Behaviour::default() }).await;
-        let h = harness(CredentialSpec::RefreshToken(basic_client(&idp)), Some(store), Timing::default());
-        let _ = value(&h.cred).await;
-    }
-
-    #[cfg(unix)]
-    #[tokio::test]
-    async fn failpoint_aborts_between_receiving_and_committing_a_rotation() {
-        use std::os::unix::process::ExitStatusExt as _;
-        let dir = tempfile::tempdir().unwrap();
-        store_at(&dir).put("crm", &Secret::new("rt-0")).await.unwrap();
-        let status = tokio::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "credential::tests::refresh_token::failpoint_child", "--ignored", "--nocapture"])
-            .env("GATEHOUSE_FAILPOINT", "after_rotation_received")
-            .env("GATEHOUSE_TEST_DB", dir.path().join("gatehouse.db"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .await
-            .unwrap();
-        assert_eq!(status.signal(), Some(6), "child should abort (SIGABRT): {status:?}");
-        assert_eq!(store_at(&dir).get("crm").await.unwrap().unwrap().expose(), "rt-0");
     }
 }
 
