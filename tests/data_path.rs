@@ -325,3 +325,27 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     assert!(after >= Duration::from_millis(250), "closed too early: {after:?}");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn connections_beyond_max_connections_wait_until_one_closes() {
+    let env = TestEnv::new().await;
+    let up = TestUpstream::http().await;
+    env.write_policy("all.toml", ALLOW_ALL);
+    let proxy = Proxy::start(&env.write_config(&format!("[limits]\nmax_connections = 2\n{}", routes(&up.http_url(), "")))).await;
+    let first = client::tls_connect(proxy.addr, &env.certs.ca).await;
+    let _second = client::tls_connect(proxy.addr, &env.certs.ca).await;
+    // The third is not accepted while two are open: its handshake stalls.
+    let (addr, ca) = (proxy.addr, env.certs.ca.clone());
+    let third = tokio::spawn(async move { client::tls_connect(addr, &ca).await });
+    let stalled = tokio::time::timeout(Duration::from_millis(500), async {
+        while !third.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(stalled.is_err(), "a third connection was served past max_connections = 2");
+    drop(first);
+    let third = tokio::time::timeout(Duration::from_secs(5), third).await.expect("the third connection was never served");
+    assert!(third.is_ok());
+    proxy.stop().await;
+}
