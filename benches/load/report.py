@@ -24,6 +24,14 @@ def med(target, proto, field):
     return statistics.median(vals) if vals else None
 
 
+OTHER_CPU_WARN = 5  # percent of the machine
+
+
+def share(row):
+    """CPU used by processes outside the harness during a run, in % of the machine."""
+    return 100 * float(row["other_cpu_s"]) / (int(facts["cpus"]) * int(facts["duration"]))
+
+
 def mib(kb):
     return f"{int(kb) / 1024:.1f} MiB" if kb else "-"
 
@@ -33,10 +41,12 @@ print(f"gatehouse whole-proxy load test: {facts['rounds']} interleaved rounds x 
       f"{facts['conns']} connections; h1 = wrk -t2 (HTTP/1.1 keep-alive), h2 = h2load -t2 -m{facts['h2_streams']}; "
       f"RS256 tokens ({facts['cold_alg']} for the distinct-token runs: one fresh token a request, from a pool of {facts['pool']} a round); load generator and servers share the machine's CPUs{' (pinned: servers CPU 0, load CPU 1)' if facts['pin'] == '1' else ''}.")
 print("p99: h1 from wrk --latency; h2 computed from h2load's per-request log (--log-file). "
-      "Medians over the rounds; 'per round' lists every run's req/s.")
+      "Medians over the rounds; 'per round' lists every run's req/s;\n"
+      "'other CPU': the most CPU that processes outside the harness used during one of those runs (% of the machine).")
 print()
-print(f"{'target':<10} {'protocol':<19} {'req/s':>9} {'p99 ms':>8}  {'req/s per round':<26} {'non-2xx':>7} {'errors':>6}")
+print(f"{'target':<10} {'protocol':<19} {'req/s':>9} {'p99 ms':>8}  {'req/s per round':<26} {'non-2xx':>7} {'errors':>6}  {'other CPU':>9}")
 notes = []
+busy_runs = all_runs = 0
 for proto, label in PROTOS:
     for t in TARGETS:
         rs = runs(t, proto)
@@ -45,7 +55,10 @@ for proto, label in PROTOS:
         per_round = " ".join(f"{float(r['rps']):.0f}" for r in rs)
         non2xx = sum(int(r["non2xx"] or 0) for r in rs)
         errors = sum(int(r["errors"] or 0) for r in rs)
-        print(f"{t:<10} {label:<19} {med(t, proto, 'rps'):>9.0f} {med(t, proto, 'p99_ms'):>8.2f}  {per_round:<26} {non2xx:>7} {errors:>6}")
+        other = max(share(r) for r in rs)
+        print(f"{t:<10} {label:<19} {med(t, proto, 'rps'):>9.0f} {med(t, proto, 'p99_ms'):>8.2f}  {per_round:<26} {non2xx:>7} {errors:>6}  {other:>8.0f}%")
+        busy_runs += sum(1 for r in rs if share(r) >= OTHER_CPU_WARN)
+        all_runs += len(rs)
         if non2xx or errors:
             notes.append(f"{t} {label}: {non2xx} non-2xx answers, {errors} socket/request errors over {len(rs)} runs")
         reused = sum(int(r["tokens_reused"]) for r in rs if r["tokens_reused"] not in ("", "-"))
@@ -53,6 +66,11 @@ for proto, label in PROTOS:
             notes.append(f"{t} {label}: the token pool ({facts['pool']} a round) ran out; {reused} requests reused a token "
                          f"(raise COLD_RATE)")
     print()
+
+
+if busy_runs:
+    notes.append(f"in {busy_runs} of {all_runs} runs, processes outside the harness used >= {OTHER_CPU_WARN}% of the machine "
+                 "(see 'other CPU'): those numbers measure the neighbour too; rerun on a quiet machine")
 
 
 def ratio(a, b, proto, field="rps"):
