@@ -619,8 +619,22 @@ impl Validator<'_> {
 /// The asymmetric JWS algorithms gatehouse verifies; `none`, HS* and
 /// anything else are never accepted.
 pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
-    DEFAULT_ALGORITHMS.into_iter().find(|a| format!("{a:?}") == name)
+    ALGORITHM_NAMES.iter().find(|(n, _)| *n == name).map(|(_, a)| *a)
 }
+
+/// JWS names of [`DEFAULT_ALGORITHMS`], in the same order (no formatting on
+/// the token path).
+const ALGORITHM_NAMES: [(&str, Algorithm); 9] = [
+    ("RS256", Algorithm::RS256),
+    ("RS384", Algorithm::RS384),
+    ("RS512", Algorithm::RS512),
+    ("PS256", Algorithm::PS256),
+    ("PS384", Algorithm::PS384),
+    ("PS512", Algorithm::PS512),
+    ("ES256", Algorithm::ES256),
+    ("ES384", Algorithm::ES384),
+    ("EdDSA", Algorithm::EdDSA),
+];
 
 /// `localhost`, 127.0.0.0/8 or ::1.
 pub fn is_loopback_host(host: &str) -> bool {
