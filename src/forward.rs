@@ -71,9 +71,12 @@ impl fmt::Display for ForwardError {
 
 impl std::error::Error for ForwardError {}
 
-/// One upstream's client and address.
+/// One upstream's clients and address.
 pub struct Forwarder {
-    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    /// One pooled client per worker thread (`crate::server::lane`): a pooled
+    /// upstream connection's task runs on the worker that opened it, so a
+    /// request never wakes another thread to reach its upstream.
+    clients: Box<[Client<HttpsConnector<HttpConnector>, ProxyBody>]>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     base_path: String,
@@ -82,7 +85,8 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(u: &UpstreamSettings) -> Result<Self, String> {
+    /// `lanes`: how many worker threads will send through it (at least 1).
+    pub fn new(u: &UpstreamSettings, lanes: usize) -> Result<Self, String> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -97,11 +101,11 @@ impl Forwarder {
         if u.http2 {
             cb.http2_only(true);
         }
-        let client = cb.build(connector);
+        let clients = (0..lanes.max(1)).map(|_| cb.build(connector.clone())).collect();
         let scheme = u.url.scheme().cloned().ok_or("upstream URL has no scheme")?;
         let authority = u.url.authority().cloned().ok_or("upstream URL has no authority")?;
         Ok(Self {
-            client,
+            clients,
             scheme,
             authority,
             base_path: u.url.path().trim_end_matches('/').to_owned(),
@@ -127,10 +131,15 @@ impl Forwarder {
             .map_err(|e| ForwardError::Unreachable(format!("cannot build the upstream URI: {e}")))
     }
 
+    fn client(&self) -> &Client<HttpsConnector<HttpConnector>, ProxyBody> {
+        let lanes = &self.clients;
+        &lanes[crate::server::lane() % lanes.len()]
+    }
+
     /// Sends the request; the response head must arrive within `response_timeout`.
     pub async fn send(&self, mut req: Request<ProxyBody>) -> Result<Response<Incoming>, ForwardError> {
         *req.version_mut() = if self.http2 { Version::HTTP_2 } else { Version::HTTP_11 };
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+        match tokio::time::timeout(self.response_timeout, self.client().request(req)).await {
             Err(_) => Err(ForwardError::Timeout),
             Ok(Err(e)) => Err(ForwardError::Unreachable(error_chain(&e))),
             Ok(Ok(resp)) => Ok(resp),

@@ -94,10 +94,12 @@ pub async fn run(config: Config, listeners: Listeners, hup: Arc<Notify>, shutdow
             Some(store::open_store(&s.location, keys).map_err(|e| fail(format!("[store]: {e}")))?)
         }
     };
-    let observer: Arc<dyn RefreshObserver> = Arc::new(AuditObserver { sink: sink.clone(), metrics: metrics.clone() });
+    let observer: Arc<dyn RefreshObserver> =
+        Arc::new(AuditObserver { sink: sink.clone(), metrics: metrics.clone(), runtime: tokio::runtime::Handle::current() });
     let mut upstreams = Vec::new();
     for u in config.upstreams {
-        let forwarder = forward::Forwarder::new(&u).map_err(|e| fail(format!("upstream {}: {e}", u.name)))?;
+        let forwarder =
+            forward::Forwarder::new(&u, config.limits.worker_threads()).map_err(|e| fail(format!("upstream {}: {e}", u.name)))?;
         let http = Arc::new(outbound::OutboundHttp::new(u.ca_file.as_deref()).map_err(|e| fail(format!("upstream {}: {e}", u.name)))?);
         let credential = UpstreamCredential::new(u.name.clone(), u.credential, http, store.clone(), observer.clone());
         upstreams.push(Upstream { name: u.name.as_str().into(), forwarder, credential });
@@ -153,6 +155,9 @@ pub async fn run(config: Config, listeners: Listeners, hup: Arc<Notify>, shutdow
 struct AuditObserver {
     sink: AuditSink,
     metrics: Arc<metrics::Metrics>,
+    /// The main runtime, which outlives the workers' event loops: a record
+    /// handed over during shutdown is still written.
+    runtime: tokio::runtime::Handle,
 }
 
 impl RefreshObserver for AuditObserver {
@@ -166,7 +171,7 @@ impl RefreshObserver for AuditObserver {
             error: event.error,
         };
         let sink = self.sink.clone();
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             if sink.send(AuditEvent::CredentialRefresh(record)).await.is_err() {
                 tracing::error!("audit writer is gone; credential_refresh record lost");
             }

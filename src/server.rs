@@ -2,31 +2,90 @@
 //! a timeout, HTTP/1.1 and HTTP/2 (hyper-util auto), header-size and
 //! header-read limits, idle keep-alive timeout, and graceful drain.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::config::Limits;
 use crate::proxy::{ConnInfo, Gateway, handle};
 use crate::tls::TlsSource;
 
+thread_local! {
+    static LANE: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The index of the worker thread running the caller; 0 off the workers.
+/// Per-worker state (the upstream connection pools) is picked by it.
+pub fn lane() -> usize {
+    LANE.with(Cell::get)
+}
+
+/// An accepted connection on its way to a worker.
+struct Accepted {
+    tcp: std::net::TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+}
+
+/// What every connection task needs.
+struct Shared {
+    gw: Arc<Gateway>,
+    tls: TlsSource,
+    builder: auto::Builder<TokioExecutor>,
+    limits: Limits,
+    drain: watch::Receiver<bool>,
+}
+
 /// Serves callers until `shutdown` resolves, then stops accepting, lets
 /// in-flight requests finish (up to `limits.drain_timeout`) and returns.
+///
+/// Connections are accepted here and handed round-robin to worker threads,
+/// each running its own single-threaded event loop: a connection, its
+/// requests and its pooled upstream connections stay on one thread, so a
+/// request wakes no other thread (the cost that dominated a work-stealing
+/// runtime under load).
 pub async fn serve(listener: TcpListener, tls: TlsSource, gw: Arc<Gateway>, limits: Limits, shutdown: impl Future<Output = ()>) {
-    let builder = Arc::new(http_builder(&limits));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let (drain_tx, _) = watch::channel(false);
-    // Every connection task holds a sender; recv() returns None once all are gone.
+    let (drain_tx, drain_rx) = watch::channel(false);
+    // Every connection holds a sender; recv() returns None once all are gone.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-    let limits = Arc::new(limits);
+    let drain_timeout = limits.drain_timeout;
+    let workers = limits.worker_threads();
+    let shared = Arc::new(Shared { gw, tls, builder: http_builder(&limits), limits, drain: drain_rx });
+    let mut lanes = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a worker's event loop; the others (or the main runtime) serve its share");
+                continue;
+            }
+        };
+        let (tx, rx) = mpsc::unbounded_channel::<Accepted>();
+        let (shared, alive) = (shared.clone(), alive_tx.clone());
+        let spawned = std::thread::Builder::new().name(format!("gatehouse-w{i}")).spawn(move || {
+            LANE.set(i);
+            runtime.block_on(worker(rx, shared, alive));
+        });
+        match spawned {
+            Ok(_) => lanes.push(tx),
+            Err(e) => tracing::error!(error = %e, "cannot start a worker thread; the others (or the main runtime) serve its share"),
+        }
+    }
+    let mut next = 0usize;
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -45,35 +104,66 @@ pub async fn serve(listener: TcpListener, tls: TlsSource, gw: Arc<Gateway>, limi
                 }
             },
         };
-        let task = Connection {
-            gw: gw.clone(),
-            tls: tls.clone(),
-            builder: builder.clone(),
-            limits: limits.clone(),
-            drain: drain_tx.subscribe(),
-            info: Arc::new(ConnInfo { peer }),
+        let accepted = match tcp.into_std() {
+            Ok(tcp) => Accepted { tcp, peer, permit },
+            Err(e) => {
+                tracing::warn!(peer = %peer, error = %e, "cannot hand the connection to a worker");
+                continue;
+            }
         };
-        let alive = alive_tx.clone();
-        tokio::spawn(async move {
-            task.run(tcp).await;
-            drop(permit);
-            drop(alive);
-        });
+        // A worker that is gone hands the connection back; the next one gets
+        // it, and the main runtime when none is left.
+        let mut pending = Some(accepted);
+        for _ in 0..lanes.len() {
+            let Some(a) = pending.take() else { break };
+            next = (next + 1) % lanes.len();
+            if let Err(mpsc::error::SendError(back)) = lanes[next].send(a) {
+                pending = Some(back);
+            }
+        }
+        if let Some(a) = pending {
+            tokio::spawn(serve_accepted(a, shared.clone(), alive_tx.clone()));
+        }
     }
     drop(listener);
     tracing::info!("draining: no new connections; waiting for in-flight requests");
     let _ = drain_tx.send(true);
+    drop(lanes);
     drop(alive_tx);
-    if tokio::time::timeout(limits.drain_timeout, alive_rx.recv()).await.is_err() {
-        tracing::warn!(timeout = ?limits.drain_timeout, "drain deadline passed; closing the remaining connections");
+    if tokio::time::timeout(drain_timeout, alive_rx.recv()).await.is_err() {
+        tracing::warn!(timeout = ?drain_timeout, "drain deadline passed; closing the remaining connections");
     }
+}
+
+/// One worker's event loop: serves the connections handed to it until the
+/// acceptor stops, then until the last of them has ended.
+async fn worker(mut rx: mpsc::UnboundedReceiver<Accepted>, shared: Arc<Shared>, alive: mpsc::Sender<()>) {
+    // The runtime must outlive its connections: wait for them before returning.
+    let (mine_tx, mut mine_rx) = mpsc::channel::<()>(1);
+    while let Some(a) = rx.recv().await {
+        tokio::spawn(serve_accepted(a, shared.clone(), (alive.clone(), mine_tx.clone())));
+    }
+    drop(mine_tx);
+    let _ = mine_rx.recv().await;
+}
+
+/// Serves one connection on the current runtime; `guard` is dropped when it ends.
+async fn serve_accepted<G: Send>(a: Accepted, shared: Arc<Shared>, guard: G) {
+    match TcpStream::from_std(a.tcp) {
+        Ok(tcp) => Connection { drain: shared.drain.clone(), shared, info: Arc::new(ConnInfo { peer: a.peer }) }.run(tcp).await,
+        Err(e) => tracing::warn!(peer = %a.peer, error = %e, "cannot register the connection with the event loop"),
+    }
+    drop(a.permit);
+    drop(guard);
 }
 
 fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        // The request-head deadline is HeadDeadline's: hyper's also runs
+        // while a keep-alive connection idles between requests.
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     b.http2()
@@ -86,18 +176,16 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 struct Connection {
-    gw: Arc<Gateway>,
-    tls: TlsSource,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    limits: Arc<Limits>,
+    shared: Arc<Shared>,
     drain: watch::Receiver<bool>,
     info: Arc<ConnInfo>,
 }
 
-/// Requests in flight on one connection and when the last one started or
-/// ended, for the idle timeout.
+/// Requests in flight on one connection, how many have started, and when
+/// the last one started or ended: for the idle and request-head timeouts.
 struct Activity {
     in_flight: AtomicUsize,
+    started: AtomicU64,
     last_ms: AtomicU64,
     epoch: Instant,
 }
@@ -126,29 +214,117 @@ impl Drop for InFlight {
     }
 }
 
+/// The caller's side of an HTTP/1.1 connection with the request-head
+/// deadline: bytes that arrive while no request is in flight start the
+/// clock, a request reaching the service stops it, and a head not complete
+/// by then fails the read, which closes the connection (slowloris). An idle
+/// keep-alive connection that sends nothing is left to the idle timeout.
+/// (hyper's own header_read_timeout also runs while the connection idles,
+/// which would cut keep-alive connections at the head deadline.)
+struct HeadDeadline<T> {
+    io: T,
+    activity: Arc<Activity>,
+    /// None: no deadline (HTTP/2).
+    timeout: Option<Duration>,
+    /// Running since a head began; `started` as it was then.
+    armed: Option<u64>,
+    /// Allocated on the first request head, then reset for each one.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> HeadDeadline<T> {
+    fn new(io: T, activity: Arc<Activity>, timeout: Option<Duration>) -> Self {
+        Self { io, activity, timeout, armed: None, sleep: None }
+    }
+
+    /// After a read: stops the clock once a request has started since it was
+    /// armed, starts it when bytes arrived with none in flight, and says
+    /// whether the deadline has passed.
+    fn check(&mut self, cx: &mut Context<'_>, got_bytes: bool) -> bool {
+        let Some(timeout) = self.timeout else { return false };
+        let started = self.activity.started.load(Ordering::Relaxed);
+        if self.armed.is_some_and(|at| at != started) {
+            self.armed = None;
+        }
+        if self.armed.is_none() && got_bytes && self.activity.in_flight.load(Ordering::Relaxed) == 0 {
+            let deadline = tokio::time::Instant::now() + timeout;
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.armed = Some(started);
+        }
+        match (&self.armed, &mut self.sleep) {
+            (Some(_), Some(sleep)) => sleep.as_mut().poll(cx).is_ready(),
+            _ => false,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for HeadDeadline<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.io).poll_read(cx, buf);
+        let got_bytes = buf.filled().len() > before;
+        if self.check(cx, got_bytes) {
+            return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "request head not received in time")));
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for HeadDeadline<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 impl Connection {
     async fn run(mut self, tcp: TcpStream) {
         let _ = tcp.set_nodelay(true);
-        self.gw.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.current());
-        let tls = match tokio::time::timeout(self.limits.tls_handshake_timeout, acceptor.accept(tcp)).await {
+        let metrics = self.shared.gw.metrics.clone();
+        metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+        self.serve(tcp).await;
+        metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn serve(&mut self, tcp: TcpStream) {
+        let shared = self.shared.clone();
+        let limits = &shared.limits;
+        let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.current());
+        let tls = match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(tcp)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!(peer = %self.info.peer, error = %e, "TLS handshake failed");
-                self.gw.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(peer = %self.info.peer, "TLS handshake timed out");
-                self.gw.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
-                return;
-            }
+            Ok(Err(e)) => return tracing::debug!(peer = %self.info.peer, error = %e, "TLS handshake failed"),
+            Err(_) => return tracing::debug!(peer = %self.info.peer, "TLS handshake timed out"),
         };
-        let activity = Arc::new(Activity { in_flight: AtomicUsize::new(0), last_ms: AtomicU64::new(0), epoch: Instant::now() });
-        let (gw, info, act) = (self.gw.clone(), self.info.clone(), activity.clone());
+        let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let activity = Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            last_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
+        let (gw, info, act) = (shared.gw.clone(), self.info.clone(), activity.clone());
         let service = service_fn(move |req| {
             let (gw, info, act) = (gw.clone(), info.clone(), act.clone());
             act.in_flight.fetch_add(1, Ordering::Relaxed);
+            act.started.fetch_add(1, Ordering::Relaxed);
             act.touch();
             let guard = InFlight(act);
             async move {
@@ -157,11 +333,18 @@ impl Connection {
                 Ok::<_, Infallible>(resp)
             }
         });
-        let conn = self.builder.serve_connection(TokioIo::new(tls), service);
+        // HTTP/2 has no request-head phase to bound (hyper's h2 handles slow
+        // frames); its connections only get the idle timeout.
+        let head_timeout = if http2 { None } else { Some(limits.header_timeout) };
+        let io = HeadDeadline::new(tls, activity.clone(), head_timeout);
+        let conn = shared.builder.serve_connection(TokioIo::new(io), service);
+        // Runs the connection to its end: closes it gracefully when idle for
+        // `idle_timeout` or when the server drains, and cuts it off when the
+        // peer ignores the close for `drain_timeout`.
         tokio::pin!(conn);
         // One timer per connection, set to the moment it would become idle
         // (not a periodic tick: 10,000 idle connections must cost nothing).
-        let idle_timeout = self.limits.idle_timeout;
+        let idle_timeout = limits.idle_timeout;
         let timer = tokio::time::sleep(idle_timeout);
         tokio::pin!(timer);
         let mut closing = false;
@@ -177,7 +360,7 @@ impl Connection {
                     if changed.is_err() || *self.drain.borrow() {
                         conn.as_mut().graceful_shutdown();
                         closing = true;
-                        timer.as_mut().reset(tokio::time::Instant::now() + self.limits.drain_timeout);
+                        timer.as_mut().reset(tokio::time::Instant::now() + limits.drain_timeout);
                     }
                 }
                 _ = &mut timer => {
@@ -190,7 +373,7 @@ impl Connection {
                         Some(idle) if idle >= idle_timeout => {
                             conn.as_mut().graceful_shutdown();
                             closing = true;
-                            timer.as_mut().reset(now + self.limits.drain_timeout);
+                            timer.as_mut().reset(now + limits.drain_timeout);
                         }
                         Some(idle) => timer.as_mut().reset(now + (idle_timeout - idle)),
                         None => timer.as_mut().reset(now + idle_timeout),
@@ -198,6 +381,5 @@ impl Connection {
                 }
             }
         }
-        self.gw.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 }

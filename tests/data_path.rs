@@ -326,6 +326,55 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     proxy.stop().await;
 }
 
+/// Reads one response head and its Content-Length body from a raw connection; the status.
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> u16 {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "connection closed before a response head");
+        got.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    let length: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).await.unwrap();
+    raw_status(&head)
+}
+
+#[tokio::test]
+async fn keep_alive_outlives_the_header_timeout_but_a_slow_next_head_does_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::new().await;
+    let up = TestUpstream::http().await;
+    env.write_policy("all.toml", ALLOW_ALL);
+    let limits = "[limits]\nheader_timeout_ms = 300\nidle_timeout_ms = 20000\n";
+    let proxy = Proxy::start(&env.write_config(&format!("{limits}{}", routes(&up.http_url(), "")))).await;
+    let token = env.token("svc-a", "test");
+    let request = format!("GET /svc/k HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n");
+    let mut s = client::tls_connect(proxy.addr, &env.certs.ca).await;
+    s.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut s).await, 200);
+    // Idle between requests for longer than the head deadline: that is the
+    // idle timeout's business, so the connection stays open.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    s.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut s).await, 200, "the kept-alive connection was closed at the header timeout");
+    // A head that starts but does not finish is cut at the head deadline, not
+    // at the 20 s idle timeout.
+    s.write_all(b"GET /svc/k HTTP/1.1\r\nHost: local").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a slow request head was not cut off");
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_millis(250) && after < Duration::from_millis(3000),
+        "slow head closed after {after:?}; deadline 300 ms"
+    );
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn connections_beyond_max_connections_wait_until_one_closes() {
     let env = TestEnv::new().await;

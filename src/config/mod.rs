@@ -100,6 +100,18 @@ pub struct Limits {
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub drain_timeout: Duration,
+    /// Worker threads serving callers (each with its own event loop); 0: one per CPU.
+    pub workers: usize,
+}
+
+impl Limits {
+    /// The number of worker threads to start: `workers`, or one per CPU.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -111,6 +123,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_millis(60_000),
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(30),
+            workers: 0,
         }
     }
 }
@@ -419,6 +432,14 @@ impl Validator<'_> {
             }
             Some(m) => *m.get_ref() as usize,
         };
+        let workers = match &r.workers {
+            None => d.workers,
+            Some(w) if *w.get_ref() > 1024 => {
+                self.err(w, "workers must be at most 1024 (0: one per CPU)");
+                d.workers
+            }
+            Some(w) => *w.get_ref() as usize,
+        };
         Limits {
             max_header_bytes,
             header_timeout: self.ms(&r.header_timeout_ms, d.header_timeout),
@@ -426,6 +447,7 @@ impl Validator<'_> {
             idle_timeout: self.ms(&r.idle_timeout_ms, d.idle_timeout),
             max_connections,
             drain_timeout: self.ms(&r.drain_timeout_ms, d.drain_timeout),
+            workers,
         }
     }
 

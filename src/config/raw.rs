@@ -90,6 +90,8 @@ pub struct RawLimits {
     pub max_connections: Option<Spanned<u64>>,
     /// How long a graceful drain waits for in-flight requests (default 30 s).
     pub drain_timeout_ms: Option<Spanned<u64>>,
+    /// Worker threads serving callers; 0 or absent: one per CPU.
+    pub workers: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

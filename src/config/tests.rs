@@ -119,3 +119,16 @@ fn an_unusable_private_key_jwt_key_is_reported_at_its_key() {
     assert_eq!(shown.len(), 1, "{shown:#?}");
     assert!(shown[0].contains(&format!(":{line}:")) && shown[0].contains("cannot sign client assertions"), "{shown:#?}");
 }
+
+#[test]
+fn workers_default_to_one_per_cpu_and_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Config::load(&write(dir.path(), "g.toml", &base(dir.path()))).unwrap();
+    assert_eq!(c.limits.workers, 0);
+    assert!(c.limits.worker_threads() >= 1);
+    let two = format!("{}\n[limits]\nworkers = 2\n", base(dir.path()));
+    assert_eq!(Config::load(&write(dir.path(), "two.toml", &two)).unwrap().limits.worker_threads(), 2);
+    let huge = format!("{}\n[limits]\nworkers = 5000\n", base(dir.path()));
+    let errs = Config::load(&write(dir.path(), "huge.toml", &huge)).unwrap_err();
+    assert!(errs.iter().any(|e| e.to_string().contains("workers must be at most 1024")), "{errs:?}");
+}
