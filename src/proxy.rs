@@ -58,7 +58,7 @@ pub struct ConnInfo {
 /// Handles one request; never fails: errors become answers.
 pub async fn handle(gw: Arc<Gateway>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ProxyBody> {
     let request_id = gw.request_ids.next();
-    let mut record = match gw.audit.reserve().await {
+    let mut record = match gw.audit.reserve_or_unavailable().await {
         Ok(slot) => Record::new(gw.clone(), slot, &conn, &req, &request_id),
         Err(_) => return ProxyError::AuditUnavailable.into_response(&request_id),
     };

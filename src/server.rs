@@ -12,13 +12,16 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use http::Response;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
+use crate::body::ProxyBody;
 use crate::config::Limits;
 use crate::proxy::{ConnInfo, Gateway, handle};
 use crate::tls::TlsSource;
@@ -44,7 +47,8 @@ struct Accepted {
 struct Shared {
     gw: Arc<Gateway>,
     tls: TlsSource,
-    builder: auto::Builder<TokioExecutor>,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
     limits: Limits,
     drain: watch::Receiver<bool>,
 }
@@ -64,7 +68,8 @@ pub async fn serve(listener: TcpListener, tls: TlsSource, gw: Arc<Gateway>, limi
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let drain_timeout = limits.drain_timeout;
     let workers = limits.worker_threads();
-    let shared = Arc::new(Shared { gw, tls, builder: http_builder(&limits), limits, drain: drain_rx });
+    let (h1, h2) = http_builders(&limits);
+    let shared = Arc::new(Shared { gw, tls, h1, h2, limits, drain: drain_rx });
     let mut lanes = Vec::with_capacity(workers);
     for i in 0..workers {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -157,22 +162,35 @@ async fn serve_accepted<G: Send>(a: Accepted, shared: Arc<Shared>, guard: G) {
     drop(guard);
 }
 
-fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
+/// The protocol is what ALPN chose: `h2`, or HTTP/1.1 otherwise (HTTP/2
+/// over TLS is negotiated with ALPN, RFC 9113 §3.2), so no connection pays
+/// for sniffing a preface or for the other protocol's state.
+fn http_builders(limits: &Limits) -> (http1::Builder, http2::Builder<TokioExecutor>) {
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         // The request-head deadline is HeadDeadline's: hyper's also runs
         // while a keep-alive connection idles between requests.
         .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    b
+    (h1, h2)
+}
+
+/// A served connection of either protocol, boxed at its own size.
+trait ServedConnection: Future<Output = Result<(), hyper::Error>> + Send {
+    fn shutdown(self: Pin<&mut Self>);
+}
+
+impl<C: GracefulConnection<Error = hyper::Error> + Send> ServedConnection for C {
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
 }
 
 struct Connection {
@@ -321,27 +339,32 @@ impl Connection {
             epoch: Instant::now(),
         });
         let (gw, info, act) = (shared.gw.clone(), self.info.clone(), activity.clone());
-        let service = service_fn(move |req| {
+        // Boxed: hyper keeps the service future's slot for the connection's
+        // whole life, so an idle connection would hold a request's worth.
+        let service = service_fn(move |req| -> Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>> {
             let (gw, info, act) = (gw.clone(), info.clone(), act.clone());
             act.in_flight.fetch_add(1, Ordering::Relaxed);
             act.started.fetch_add(1, Ordering::Relaxed);
             act.touch();
             let guard = InFlight(act);
-            async move {
+            Box::pin(async move {
                 let resp = handle(gw, info, req).await;
                 drop(guard);
-                Ok::<_, Infallible>(resp)
-            }
+                Ok(resp)
+            })
         });
         // HTTP/2 has no request-head phase to bound (hyper's h2 handles slow
         // frames); its connections only get the idle timeout.
-        let head_timeout = if http2 { None } else { Some(limits.header_timeout) };
-        let io = HeadDeadline::new(tls, activity.clone(), head_timeout);
-        let conn = shared.builder.serve_connection(TokioIo::new(io), service);
+        let conn: Pin<Box<dyn ServedConnection>> = if http2 {
+            Box::pin(shared.h2.serve_connection(TokioIo::new(HeadDeadline::new(tls, activity.clone(), None)), service))
+        } else {
+            let io = HeadDeadline::new(tls, activity.clone(), Some(limits.header_timeout));
+            Box::pin(shared.h1.serve_connection(TokioIo::new(io), service))
+        };
+        let mut conn = conn;
         // Runs the connection to its end: closes it gracefully when idle for
         // `idle_timeout` or when the server drains, and cuts it off when the
         // peer ignores the close for `drain_timeout`.
-        tokio::pin!(conn);
         // One timer per connection, set to the moment it would become idle
         // (not a periodic tick: 10,000 idle connections must cost nothing).
         let idle_timeout = limits.idle_timeout;
@@ -358,7 +381,7 @@ impl Connection {
                 }
                 changed = self.drain.changed(), if !closing => {
                     if changed.is_err() || *self.drain.borrow() {
-                        conn.as_mut().graceful_shutdown();
+                        conn.as_mut().shutdown();
                         closing = true;
                         timer.as_mut().reset(tokio::time::Instant::now() + limits.drain_timeout);
                     }
@@ -371,7 +394,7 @@ impl Connection {
                     }
                     match activity.idle_for() {
                         Some(idle) if idle >= idle_timeout => {
-                            conn.as_mut().graceful_shutdown();
+                            conn.as_mut().shutdown();
                             closing = true;
                             timer.as_mut().reset(now + limits.drain_timeout);
                         }

@@ -200,3 +200,46 @@ async fn an_unwritable_audit_log_turns_unready_and_refuses_unaudited_traffic() {
     assert_eq!(status, 503);
     assert!(body.contains("audit"), "{body}");
 }
+
+#[tokio::test]
+async fn a_deleted_audit_log_is_started_anew_and_rotation_goes_on() {
+    let env = TestEnv::new().await;
+    let up = TestUpstream::http().await;
+    env.write_policy("svc.toml", POLICY);
+    let cfg = env.write_config(&config(&up.http_url(), "http://127.0.0.1:9"));
+    // About two records a file, so that rotations happen after the deletion.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("path = \"audit/audit.jsonl\"", "path = \"audit/audit.jsonl\"\nmax_file_bytes = 1500");
+    std::fs::write(&cfg, text).unwrap();
+    let proxy = Proxy::start(&cfg).await;
+    let c = client::h1(&env.certs.ca);
+    let token = env.token("svc-a", "test");
+    let first = get(&c, proxy.addr, "/svc/before", Some(&token)).await;
+    assert_eq!(first.status, 200);
+    let id_of = |r: &client::Resp| r.headers["x-request-id"].to_str().unwrap().to_owned();
+    let logged = |id: &str| {
+        let dir = env.audit_path().parent().unwrap().to_owned();
+        std::fs::read_dir(dir).unwrap().any(|f| std::fs::read_to_string(f.unwrap().path()).unwrap_or_default().contains(id))
+    };
+    let wait_logged = |id: String| async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !logged(&id) {
+            assert!(std::time::Instant::now() < deadline, "request {id} never reached an audit file");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    wait_logged(id_of(&first)).await;
+    std::fs::remove_file(env.audit_path()).unwrap();
+    // Every later request lands in a file an auditor can find, across rotations.
+    for i in 0..8 {
+        let r = get(&c, proxy.addr, &format!("/svc/after-{i}"), Some(&token)).await;
+        assert_eq!(r.status, 200);
+        wait_logged(id_of(&r)).await;
+    }
+    let rotated = std::fs::read_dir(env.audit_path().parent().unwrap()).unwrap().count();
+    assert!(rotated >= 3, "expected rotations after the deletion, found {rotated} files");
+    let (status, _) = client::admin_get(proxy.admin, "/readyz").await.unwrap();
+    assert_eq!(status, 200, "the audit log should be healthy again");
+    proxy.stop().await;
+}

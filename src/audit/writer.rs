@@ -155,6 +155,20 @@ impl AuditSink {
         Ok(AuditSlot { permit })
     }
 
+    /// Reserves room for a request's record, as [`Self::reserve`], but
+    /// gives up as soon as the log is unwritable and the queue is full: the
+    /// caller then answers 503 at once instead of waiting for the disk.
+    pub async fn reserve_or_unavailable(&self) -> Result<AuditSlot, AuditClosed> {
+        if let Ok(permit) = self.queue.clone().try_reserve_owned() {
+            return Ok(AuditSlot { permit });
+        }
+        let mut health = self.health.clone();
+        tokio::select! {
+            slot = self.reserve() => slot,
+            _ = health.wait_for(|healthy| !healthy) => Err(AuditClosed),
+        }
+    }
+
     /// Sends without a prior reservation (for refresh and reload events);
     /// awaits room in the queue. The record's `ts` is the time it is queued.
     pub async fn send(&self, event: AuditEvent) -> Result<(), AuditClosed> {
@@ -342,6 +356,11 @@ impl Output {
     /// Writes the rest of the batch, then rotates if due. Resumable: after an
     /// error, calling it again continues where it stopped.
     fn drive(&mut self) -> io::Result<()> {
+        if let Target::File(file) = &mut self.target
+            && self.written == 0
+        {
+            file.reopen_if_replaced();
+        }
         while self.written < self.pending.len() {
             match self.target.write(&self.pending[self.written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -489,6 +508,19 @@ impl FileTarget {
         Ok((Target::File(target), head))
     }
 
+    /// Closes the file if its path no longer names it, so that the next
+    /// write opens a new one there.
+    fn reopen_if_replaced(&mut self) {
+        if self.replaced() {
+            tracing::error!(
+                path = %self.path.display(),
+                "the audit log was removed or replaced while open; records continue in a new file at its path \
+                 (its first record's prev_hash points at the last one written to the old file)"
+            );
+            self.file = None;
+        }
+    }
+
     fn handle(&mut self) -> io::Result<&mut File> {
         if self.file.is_none() {
             let file = open_append(&self.path)?;
@@ -499,6 +531,28 @@ impl FileTarget {
             Some(file) => Ok(file),
             None => Err(io::Error::other("audit file not open")),
         }
+    }
+
+    /// Whether the path no longer names the open file (deleted, or moved
+    /// away and replaced): writing on would put records where nobody finds
+    /// them. One `stat` per batch.
+    #[cfg(unix)]
+    fn replaced(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(file) = &self.file else { return false };
+        if !self.regular {
+            return false;
+        }
+        match (fs::metadata(&self.path), file.metadata()) {
+            (Ok(named), Ok(open)) => named.dev() != open.dev() || named.ino() != open.ino(),
+            (Err(e), _) => e.kind() == io::ErrorKind::NotFound,
+            (_, Err(_)) => false,
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn replaced(&self) -> bool {
+        false
     }
 
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
@@ -529,8 +583,15 @@ impl FileTarget {
             stamp += time::Duration::MILLISECOND;
         }
         let rotated = rotated_name(&self.path, stamp);
-        fs::rename(&self.path, &rotated)?;
-        tracing::info!(rotated = %rotated.display(), "audit log rotated");
+        match fs::rename(&self.path, &rotated) {
+            Ok(()) => tracing::info!(rotated = %rotated.display(), "audit log rotated"),
+            // Removed from under us: nothing to rename; the next write starts
+            // a new file (whose first record's prev_hash shows the gap).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::error!(path = %self.path.display(), "the audit log was removed while open; starting a new one")
+            }
+            Err(e) => return Err(e),
+        }
         self.last_rotation = Some(stamp);
         self.file = None;
         self.size = 0;
@@ -869,6 +930,24 @@ mod tests {
         std::fs::write(&file, &*disk.data.lock().unwrap()).unwrap();
         assert_eq!(verify_files(std::slice::from_ref(&file)).unwrap().records, 5);
         assert_eq!(request_ids(&[file]), expected_ids(0..5));
+    }
+
+    #[tokio::test]
+    async fn a_request_gets_no_slot_at_once_when_the_log_is_unwritable_and_the_queue_full() {
+        let disk = Arc::new(MockDisk::default());
+        *disk.budget.lock().unwrap() = Some(0); // every write fails
+        let (sink, mut writer) = assemble(Target::Mock(disk.clone()), ChainHash::GENESIS, u64::MAX, 2);
+        writer.retry_interval = Duration::from_secs(3600);
+        let writer = tokio::spawn(writer.run());
+        // Healthy with room: a slot.
+        sink.reserve_or_unavailable().await.unwrap().send(sample_request(0));
+        sink.health.clone().wait_for(|healthy| !healthy).await.unwrap();
+        // Unwritable, room left: still a slot (the record is held in memory).
+        sink.reserve_or_unavailable().await.unwrap().send(sample_request(1));
+        sink.reserve_or_unavailable().await.unwrap().send(sample_request(2));
+        // Unwritable and full: refused without waiting for the disk.
+        assert!(sink.reserve_or_unavailable().await.is_err());
+        writer.abort();
     }
 
     #[cfg(target_os = "linux")]
