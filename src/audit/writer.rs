@@ -39,6 +39,11 @@ const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// A batch is written once it holds this many bytes.
 const BATCH_BYTES: usize = 256 * 1024;
+/// After a batch is written, the writer waits this long before it looks at
+/// the queue again. Records sent meanwhile wake nobody (no waker is
+/// registered): under load the request threads hand records over without a
+/// cross-thread wake-up each, and the writer takes them in batches.
+const BATCH_PAUSE: Duration = Duration::from_millis(1);
 
 /// Where records go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,6 +254,7 @@ impl AuditWriter {
             for waiter in waiters.drain(..) {
                 let _ = waiter.send(());
             }
+            tokio::time::sleep(BATCH_PAUSE).await;
         }
         let synced = tokio::task::spawn_blocking(move || output.target.sync()).await;
         match synced {
