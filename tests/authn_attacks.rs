@@ -242,6 +242,10 @@ async fn time_issuer_and_audience_claims_are_enforced() {
         refused("wrong audience", t(json!({"aud": "someone-else"})), "bad_audience"),
         refused("missing audience", t(json!({"aud": null})), "bad_audience"),
         accepted("audience list containing ours", t(json!({"aud": ["x", "other"]}))),
+        refused("audience list without ours", t(json!({"aud": ["x", "y"]})), "bad_audience"),
+        refused("audience as a number", t(json!({"aud": 7})), "bad_audience"),
+        accepted("nbf within the leeway", t(json!({"nbf": now() + 5}))),
+        refused("nbf as a string", t(json!({"nbf": "soon"})), "malformed_token"),
         refused("missing sub", t(json!({"sub": null})), "malformed_token"),
     ];
     run(s, cases).await;
