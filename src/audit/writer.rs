@@ -43,7 +43,7 @@ const BATCH_BYTES: usize = 256 * 1024;
 /// the queue again. Records sent meanwhile wake nobody (no waker is
 /// registered): under load the request threads hand records over without a
 /// cross-thread wake-up each, and the writer takes them in batches.
-const BATCH_PAUSE: Duration = Duration::from_millis(1);
+const BATCH_PAUSE: Duration = Duration::from_millis(5);
 
 /// Where records go.
 #[derive(Debug, Clone, PartialEq, Eq)]
