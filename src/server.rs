@@ -355,13 +355,12 @@ impl Connection {
         });
         // HTTP/2 has no request-head phase to bound (hyper's h2 handles slow
         // frames); its connections only get the idle timeout.
-        let conn: Pin<Box<dyn ServedConnection>> = if http2 {
+        let mut conn: Pin<Box<dyn ServedConnection>> = if http2 {
             Box::pin(shared.h2.serve_connection(TokioIo::new(HeadDeadline::new(tls, activity.clone(), None)), service))
         } else {
             let io = HeadDeadline::new(tls, activity.clone(), Some(limits.header_timeout));
             Box::pin(shared.h1.serve_connection(TokioIo::new(io), service))
         };
-        let mut conn = conn;
         // Runs the connection to its end: closes it gracefully when idle for
         // `idle_timeout` or when the server drains, and cuts it off when the
         // peer ignores the close for `drain_timeout`.
