@@ -242,8 +242,7 @@ impl Drop for InFlight {
 struct HeadDeadline<T> {
     io: T,
     activity: Arc<Activity>,
-    /// None: no deadline (HTTP/2).
-    timeout: Option<Duration>,
+    timeout: Duration,
     /// Running since a head began; `started` as it was then.
     armed: Option<u64>,
     /// Allocated on the first request head, then reset for each one.
@@ -251,7 +250,7 @@ struct HeadDeadline<T> {
 }
 
 impl<T> HeadDeadline<T> {
-    fn new(io: T, activity: Arc<Activity>, timeout: Option<Duration>) -> Self {
+    fn new(io: T, activity: Arc<Activity>, timeout: Duration) -> Self {
         Self { io, activity, timeout, armed: None, sleep: None }
     }
 
@@ -259,13 +258,12 @@ impl<T> HeadDeadline<T> {
     /// armed, starts it when bytes arrived with none in flight, and says
     /// whether the deadline has passed.
     fn check(&mut self, cx: &mut Context<'_>, got_bytes: bool) -> bool {
-        let Some(timeout) = self.timeout else { return false };
         let started = self.activity.started.load(Ordering::Relaxed);
         if self.armed.is_some_and(|at| at != started) {
             self.armed = None;
         }
         if self.armed.is_none() && got_bytes && self.activity.in_flight.load(Ordering::Relaxed) == 0 {
-            let deadline = tokio::time::Instant::now() + timeout;
+            let deadline = tokio::time::Instant::now() + self.timeout;
             match &mut self.sleep {
                 Some(sleep) => sleep.as_mut().reset(deadline),
                 None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
@@ -356,9 +354,9 @@ impl Connection {
         // HTTP/2 has no request-head phase to bound (hyper's h2 handles slow
         // frames); its connections only get the idle timeout.
         let mut conn: Pin<Box<dyn ServedConnection>> = if http2 {
-            Box::pin(shared.h2.serve_connection(TokioIo::new(HeadDeadline::new(tls, activity.clone(), None)), service))
+            Box::pin(shared.h2.serve_connection(TokioIo::new(tls), service))
         } else {
-            let io = HeadDeadline::new(tls, activity.clone(), Some(limits.header_timeout));
+            let io = HeadDeadline::new(tls, activity.clone(), limits.header_timeout);
             Box::pin(shared.h1.serve_connection(TokioIo::new(io), service))
         };
         // Runs the connection to its end: closes it gracefully when idle for
