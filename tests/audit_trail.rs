@@ -35,6 +35,14 @@ fn config(up: &str, dead: &str) -> String {
     .replace("[audit]\n\n", "")
 }
 
+/// The test config with its `[audit]` path line replaced by `audit`.
+fn config_with_audit(env: &TestEnv, up: &TestUpstream, audit: &str) -> std::path::PathBuf {
+    let cfg = env.write_config(&config(&up.http_url(), "http://127.0.0.1:9"));
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("path = \"audit/audit.jsonl\"", audit);
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
 #[tokio::test]
 async fn every_outcome_class_leaves_exactly_one_record() {
     let env = TestEnv::new().await;
@@ -110,11 +118,7 @@ async fn audit_verify_passes_a_rotated_set_and_names_the_first_tampered_line() {
     let up = TestUpstream::http().await;
     env.write_policy("svc.toml", POLICY);
     // A tiny rotation threshold: every few records start a new file.
-    let cfg = env.write_config(&config(&up.http_url(), "http://127.0.0.1:9"));
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("path = \"audit/audit.jsonl\"", "path = \"audit/audit.jsonl\"\nmax_file_bytes = 2000");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = config_with_audit(&env, &up, "path = \"audit/audit.jsonl\"\nmax_file_bytes = 2000");
     let proxy = Proxy::start(&cfg).await;
     let c = client::h1(&env.certs.ca);
     let token = env.token("svc-a", "test");
@@ -178,10 +182,8 @@ async fn an_unwritable_audit_log_turns_unready_and_refuses_unaudited_traffic() {
     let env = TestEnv::new().await;
     let up = TestUpstream::http().await;
     env.write_policy("svc.toml", POLICY);
-    let cfg = env.write_config(&config(&up.http_url(), "http://127.0.0.1:9"));
     // /dev/full: every write fails with ENOSPC, like a full disk.
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("path = \"audit/audit.jsonl\"", "path = \"/dev/full\"");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = config_with_audit(&env, &up, "path = \"/dev/full\"");
     let proxy = Proxy::start(&cfg).await;
     let c = client::h1(&env.certs.ca);
     let token = env.token("svc-a", "test");
@@ -206,12 +208,8 @@ async fn a_deleted_audit_log_is_started_anew_and_rotation_goes_on() {
     let env = TestEnv::new().await;
     let up = TestUpstream::http().await;
     env.write_policy("svc.toml", POLICY);
-    let cfg = env.write_config(&config(&up.http_url(), "http://127.0.0.1:9"));
     // About two records a file, so that rotations happen after the deletion.
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("path = \"audit/audit.jsonl\"", "path = \"audit/audit.jsonl\"\nmax_file_bytes = 1500");
-    std::fs::write(&cfg, text).unwrap();
+    let cfg = config_with_audit(&env, &up, "path = \"audit/audit.jsonl\"\nmax_file_bytes = 1500");
     let proxy = Proxy::start(&cfg).await;
     let c = client::h1(&env.certs.ca);
     let token = env.token("svc-a", "test");

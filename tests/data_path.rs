@@ -246,7 +246,7 @@ async fn admin_health_ready_and_metrics() {
 
 #[tokio::test]
 async fn slowloris_connection_is_closed_within_the_header_timeout_without_delaying_others() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let env = TestEnv::new().await;
     let up = TestUpstream::http().await;
     env.write_policy("all.toml", ALLOW_ALL);
@@ -258,9 +258,7 @@ async fn slowloris_connection_is_closed_within_the_header_timeout_without_delayi
     let c = client::h1(&env.certs.ca);
     let r = tokio::time::timeout(Duration::from_millis(900), get(&c, proxy.addr, "/svc/ok", Some(&env.token("a", "test")))).await;
     assert_eq!(r.expect("an honest caller was delayed by the slowloris connection").status, 200);
-    let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
-    assert!(read.is_ok(), "the slowloris connection was not closed");
+    assert!(client::closed_within(&mut slow, Duration::from_secs(5)).await, "the slowloris connection was not closed");
     let closed_after = opened.elapsed();
     assert!(closed_after < Duration::from_millis(2500), "closed after {closed_after:?}, header timeout is 1 s");
     proxy.stop().await;
@@ -305,7 +303,7 @@ async fn client_certificates_are_required_when_client_ca_is_set() {
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let env = TestEnv::new().await;
     let up = TestUpstream::http().await;
     env.write_policy("all.toml", ALLOW_ALL);
@@ -313,38 +311,18 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let token = env.token("svc-a", "test");
     let mut s = client::tls_connect(proxy.addr, &env.certs.ca).await;
     s.write_all(format!("GET /svc/k HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 65536];
-    let n = s.read(&mut buf).await.unwrap();
-    assert_eq!(raw_status(&String::from_utf8_lossy(&buf[..n])), 200);
+    assert_eq!(client::read_response(&mut s).await, 200);
     let idle_since = std::time::Instant::now();
     // The server closes the kept-alive connection once it has been idle for 300 ms.
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
-    assert!(closed.is_ok(), "the idle connection was not closed");
+    assert!(client::closed_within(&mut s, Duration::from_secs(5)).await, "the idle connection was not closed");
     let after = idle_since.elapsed();
     assert!(after >= Duration::from_millis(250), "closed too early: {after:?}");
     proxy.stop().await;
 }
 
-/// Reads one response head and its Content-Length body from a raw connection; the status.
-async fn read_response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> u16 {
-    use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    let mut byte = [0u8; 1];
-    while !got.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "connection closed before a response head");
-        got.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
-    let length: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
-    let mut body = vec![0u8; length];
-    s.read_exact(&mut body).await.unwrap();
-    raw_status(&head)
-}
-
 #[tokio::test]
 async fn keep_alive_outlives_the_header_timeout_but_a_slow_next_head_does_not() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let env = TestEnv::new().await;
     let up = TestUpstream::http().await;
     env.write_policy("all.toml", ALLOW_ALL);
@@ -354,19 +332,17 @@ async fn keep_alive_outlives_the_header_timeout_but_a_slow_next_head_does_not() 
     let request = format!("GET /svc/k HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n");
     let mut s = client::tls_connect(proxy.addr, &env.certs.ca).await;
     s.write_all(request.as_bytes()).await.unwrap();
-    assert_eq!(read_response(&mut s).await, 200);
+    assert_eq!(client::read_response(&mut s).await, 200);
     // Idle between requests for longer than the head deadline: that is the
     // idle timeout's business, so the connection stays open.
     tokio::time::sleep(Duration::from_millis(900)).await;
     s.write_all(request.as_bytes()).await.unwrap();
-    assert_eq!(read_response(&mut s).await, 200, "the kept-alive connection was closed at the header timeout");
+    assert_eq!(client::read_response(&mut s).await, 200, "the kept-alive connection was closed at the header timeout");
     // A head that starts but does not finish is cut at the head deadline, not
     // at the 20 s idle timeout.
     s.write_all(b"GET /svc/k HTTP/1.1\r\nHost: local").await.unwrap();
     let started = std::time::Instant::now();
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
-    assert!(closed.is_ok(), "a slow request head was not cut off");
+    assert!(client::closed_within(&mut s, Duration::from_secs(10)).await, "a slow request head was not cut off");
     let after = started.elapsed();
     assert!(
         after >= Duration::from_millis(250) && after < Duration::from_millis(3000),

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub type TestClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
@@ -99,6 +99,28 @@ pub async fn raw(addr: SocketAddr, ca: &Path, request: &[u8]) -> String {
 /// The status line's code of a raw HTTP answer.
 pub fn raw_status(answer: &str) -> u16 {
     answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// Reads one response head and its Content-Length body from a raw connection; the status.
+pub async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> u16 {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.expect("read"), 1, "connection closed before a response head");
+        got.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    let length: usize =
+        head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().expect("content-length"));
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).await.expect("body");
+    raw_status(&head)
+}
+
+/// Whether the peer closes the connection within `max` (what it sends before is discarded).
+pub async fn closed_within<S: AsyncRead + Unpin>(s: &mut S, max: Duration) -> bool {
+    let mut rest = Vec::new();
+    tokio::time::timeout(max, s.read_to_end(&mut rest)).await.is_ok()
 }
 
 /// Plain-HTTP GET to the admin listener.
