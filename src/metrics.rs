@@ -26,6 +26,9 @@ pub struct Metrics {
     jwks: HashMap<String, [AtomicU64; 2]>,
     credentials: HashMap<String, [AtomicU64; 2]>,
     pub connections_open: AtomicI64,
+    /// Open connections holding no HTTP state: waiting for their first
+    /// request, or HTTP/1.1 ones idle past `idle_release_ms`.
+    pub connections_released: AtomicI64,
     pub requests_in_flight: AtomicI64,
 }
 
@@ -46,6 +49,7 @@ impl Metrics {
             jwks: issuers.into_iter().map(|i| (i.to_owned(), Default::default())).collect(),
             credentials: upstreams.into_iter().map(|u| (u.to_owned(), Default::default())).collect(),
             connections_open: AtomicI64::new(0),
+            connections_released: AtomicI64::new(0),
             requests_in_flight: AtomicI64::new(0),
         }
     }
@@ -124,6 +128,12 @@ impl Metrics {
         let _ = writeln!(out, "# HELP gatehouse_connections_open Caller connections currently open.");
         let _ = writeln!(out, "# TYPE gatehouse_connections_open gauge");
         let _ = writeln!(out, "gatehouse_connections_open {}", self.connections_open.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP gatehouse_connections_released Caller connections open but holding no HTTP state (before their first request, or HTTP/1.1 idle past idle_release_ms)."
+        );
+        let _ = writeln!(out, "# TYPE gatehouse_connections_released gauge");
+        let _ = writeln!(out, "gatehouse_connections_released {}", self.connections_released.load(Relaxed));
         let _ = writeln!(out, "# HELP gatehouse_requests_in_flight Requests currently being handled.");
         let _ = writeln!(out, "# TYPE gatehouse_requests_in_flight gauge");
         let _ = writeln!(out, "gatehouse_requests_in_flight {}", self.requests_in_flight.load(Relaxed));

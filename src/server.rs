@@ -1,6 +1,7 @@
 //! The caller-facing listener: accept, connection limit, TLS handshake with
-//! a timeout, HTTP/1.1 and HTTP/2 (hyper-util auto), header-size and
-//! header-read limits, idle keep-alive timeout, and graceful drain.
+//! a timeout, HTTP/1.1 and HTTP/2 (by ALPN), header-size and header-read
+//! limits, idle keep-alive timeout (an idle HTTP/1.1 connection gives its
+//! HTTP state back until its next request), and graceful drain.
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -12,16 +13,17 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::Response;
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulConnection;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use crate::body::ProxyBody;
+use crate::body::{Holding, ProxyBody};
 use crate::config::Limits;
 use crate::proxy::{ConnInfo, Gateway, handle};
 use crate::tls::TlsSource;
@@ -182,14 +184,80 @@ fn http_builders(limits: &Limits) -> (http1::Builder, http2::Builder<TokioExecut
     (h1, h2)
 }
 
-/// A served connection of either protocol, boxed at its own size.
-trait ServedConnection: Future<Output = Result<(), hyper::Error>> + Send {
-    fn shutdown(self: Pin<&mut Self>);
+/// A served connection of either protocol.
+trait ServedConnection: Future<Output = Result<(), hyper::Error>> + Unpin + Send {
+    /// Lets the request in flight finish, then ends (hyper's graceful shutdown).
+    fn shutdown(&mut self);
 }
 
-impl<C: GracefulConnection<Error = hyper::Error> + Send> ServedConnection for C {
-    fn shutdown(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
+impl<C: GracefulConnection<Error = hyper::Error> + Send> ServedConnection for Pin<Box<C>> {
+    fn shutdown(&mut self) {
+        self.as_mut().graceful_shutdown();
+    }
+}
+
+/// Boxed: moved between the waiting and serving states, and kept at one
+/// place on the heap instead of once per state in the connection's task.
+type Tls = Box<tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// An HTTP/1.1 connection that leaves the transport open when it ends, so
+/// that an idle one can give hyper's state back and be served anew.
+struct Http1(http1::Connection<TokioIo<HeadDeadline<Tls>>, Caller>);
+
+impl Future for Http1 {
+    type Output = Result<(), hyper::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.poll_without_shutdown(cx)
+    }
+}
+
+impl ServedConnection for Http1 {
+    fn shutdown(&mut self) {
+        Pin::new(&mut self.0).graceful_shutdown();
+    }
+}
+
+/// How the HTTP side of a connection ended.
+enum Ended {
+    /// hyper finished: the peer closed or asked to close, or we closed it
+    /// gracefully. The transport is still to be closed.
+    Done,
+    /// Gave its state back while idle (HTTP/1.1): wait for the next request.
+    Released,
+    /// Failed, or the peer ignored a close for `drain_timeout`: drop it.
+    Dropped,
+}
+
+/// The caller-facing service of one connection.
+#[derive(Clone)]
+struct Caller {
+    gw: Arc<Gateway>,
+    info: Arc<ConnInfo>,
+    activity: Arc<Activity>,
+}
+
+/// A response body that keeps its request in flight until it has been sent.
+type CallerBody = Holding<ProxyBody, InFlight>;
+
+impl hyper::service::Service<Request<Incoming>> for Caller {
+    type Response = Response<CallerBody>;
+    type Error = Infallible;
+    // Boxed: hyper keeps the service future's slot for the connection's
+    // whole life, so an idle connection would hold a request's worth.
+    type Future = Pin<Box<dyn Future<Output = Result<Response<CallerBody>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let act = &self.activity;
+        act.in_flight.fetch_add(1, Ordering::Relaxed);
+        act.started.fetch_add(1, Ordering::Relaxed);
+        act.touch();
+        let guard = InFlight(act.clone());
+        let (gw, info) = (self.gw.clone(), self.info.clone());
+        Box::pin(async move {
+            let resp = handle(gw, info, req).await;
+            Ok(resp.map(|body| Holding::new(body, guard)))
+        })
     }
 }
 
@@ -204,11 +272,24 @@ struct Connection {
 struct Activity {
     in_flight: AtomicUsize,
     started: AtomicU64,
+    /// `started + 1` while an HTTP/1.1 request head is being read (bytes
+    /// arrived with no request in flight), 0 otherwise.
+    head: AtomicU64,
     last_ms: AtomicU64,
     epoch: Instant,
 }
 
 impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            head: AtomicU64::new(0),
+            last_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
     fn touch(&self) {
         self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
@@ -220,9 +301,16 @@ impl Activity {
         let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
         Some(self.epoch.elapsed().saturating_sub(last))
     }
+
+    /// A request head has begun arriving and has not reached the service.
+    fn head_pending(&self) -> bool {
+        let head = self.head.load(Ordering::Relaxed);
+        head != 0 && head - 1 == self.started.load(Ordering::Relaxed)
+    }
 }
 
-/// Marks a request finished when its response has been handed to hyper.
+/// Marks a request finished when hyper drops its response body: sent to
+/// its end, or abandoned with the connection.
 struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
@@ -239,8 +327,11 @@ impl Drop for InFlight {
 /// keep-alive connection that sends nothing is left to the idle timeout.
 /// (hyper's own header_read_timeout also runs while the connection idles,
 /// which would cut keep-alive connections at the head deadline.)
+/// `prefix` holds bytes read before hyper took over (a released connection's
+/// next request), served before the transport's.
 struct HeadDeadline<T> {
     io: T,
+    prefix: Bytes,
     activity: Arc<Activity>,
     timeout: Duration,
     /// Running since a head began; `started` as it was then.
@@ -250,8 +341,8 @@ struct HeadDeadline<T> {
 }
 
 impl<T> HeadDeadline<T> {
-    fn new(io: T, activity: Arc<Activity>, timeout: Duration) -> Self {
-        Self { io, activity, timeout, armed: None, sleep: None }
+    fn new(io: T, prefix: Bytes, activity: Arc<Activity>, timeout: Duration) -> Self {
+        Self { io, prefix, activity, timeout, armed: None, sleep: None }
     }
 
     /// After a read: stops the clock once a request has started since it was
@@ -261,6 +352,7 @@ impl<T> HeadDeadline<T> {
         let started = self.activity.started.load(Ordering::Relaxed);
         if self.armed.is_some_and(|at| at != started) {
             self.armed = None;
+            self.activity.head.store(0, Ordering::Relaxed);
         }
         if self.armed.is_none() && got_bytes && self.activity.in_flight.load(Ordering::Relaxed) == 0 {
             let deadline = tokio::time::Instant::now() + self.timeout;
@@ -269,6 +361,7 @@ impl<T> HeadDeadline<T> {
                 None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
             }
             self.armed = Some(started);
+            self.activity.head.store(started + 1, Ordering::Relaxed);
         }
         match (&self.armed, &mut self.sleep) {
             (Some(_), Some(sleep)) => sleep.as_mut().poll(cx).is_ready(),
@@ -280,7 +373,13 @@ impl<T> HeadDeadline<T> {
 impl<T: AsyncRead + Unpin> AsyncRead for HeadDeadline<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
-        let res = Pin::new(&mut self.io).poll_read(cx, buf);
+        let res = if !self.prefix.is_empty() && buf.remaining() > 0 {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            Poll::Ready(Ok(()))
+        } else {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        };
         let got_bytes = buf.filled().len() > before;
         if self.check(cx, got_bytes) {
             return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "request head not received in time")));
@@ -324,82 +423,164 @@ impl Connection {
         let shared = self.shared.clone();
         let limits = &shared.limits;
         let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.current());
-        let tls = match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(tcp)).await {
-            Ok(Ok(s)) => s,
+        // Boxed, like the stream: the handshake's state lives on the heap
+        // for the handshake only, not in every connection's task.
+        let tls = match tokio::time::timeout(limits.tls_handshake_timeout, Box::pin(acceptor.accept(tcp))).await {
+            Ok(Ok(s)) => Box::new(s),
             Ok(Err(e)) => return tracing::debug!(peer = %self.info.peer, error = %e, "TLS handshake failed"),
             Err(_) => return tracing::debug!(peer = %self.info.peer, "TLS handshake timed out"),
         };
         let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        let activity = Arc::new(Activity {
-            in_flight: AtomicUsize::new(0),
-            started: AtomicU64::new(0),
-            last_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
-        });
-        let (gw, info, act) = (shared.gw.clone(), self.info.clone(), activity.clone());
-        // Boxed: hyper keeps the service future's slot for the connection's
-        // whole life, so an idle connection would hold a request's worth.
-        let service = service_fn(move |req| -> Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>> {
-            let (gw, info, act) = (gw.clone(), info.clone(), act.clone());
-            act.in_flight.fetch_add(1, Ordering::Relaxed);
-            act.started.fetch_add(1, Ordering::Relaxed);
-            act.touch();
-            let guard = InFlight(act);
-            Box::pin(async move {
-                let resp = handle(gw, info, req).await;
-                drop(guard);
-                Ok(resp)
-            })
-        });
-        // HTTP/2 has no request-head phase to bound (hyper's h2 handles slow
-        // frames); its connections only get the idle timeout.
-        let mut conn: Pin<Box<dyn ServedConnection>> = if http2 {
-            Box::pin(shared.h2.serve_connection(TokioIo::new(tls), service))
+        let activity = Arc::new(Activity::new());
+        let caller = Caller { gw: shared.gw.clone(), info: self.info.clone(), activity: activity.clone() };
+        if http2 {
+            // HTTP/2 has no request-head phase to bound (hyper's h2 handles
+            // slow frames) and no state to give back while idle: it gets the
+            // idle timeout only, and closes the transport itself.
+            let mut conn = Box::pin(shared.h2.serve_connection(TokioIo::new(tls), caller));
+            self.drive(&mut conn, &activity, None).await;
         } else {
-            let io = HeadDeadline::new(tls, activity.clone(), limits.header_timeout);
-            Box::pin(shared.h1.serve_connection(TokioIo::new(io), service))
+            self.serve_http1(tls, caller, &activity).await;
+        }
+    }
+
+    /// HTTP/1.1: hyper serves the connection while requests come; once it
+    /// has idled for `idle_release` it ends, giving back its buffers (16 KiB
+    /// and more), and the connection waits holding only its TLS state until
+    /// the next request's first byte starts a new hyper connection. The first
+    /// request is awaited the same way, so a connection that never sends one
+    /// costs no HTTP state either.
+    async fn serve_http1(&mut self, mut io: Tls, mut caller: Caller, activity: &Arc<Activity>) {
+        let shared = self.shared.clone();
+        let limits = &shared.limits;
+        let mut prefix = Bytes::new();
+        loop {
+            if prefix.is_empty() {
+                match self.next_request(&mut io, activity).await {
+                    Some(first) => prefix = first,
+                    None => return close(io, limits.drain_timeout).await,
+                }
+            }
+            let deadline = HeadDeadline::new(io, prefix, activity.clone(), limits.header_timeout);
+            let mut conn = Box::new(Http1(shared.h1.serve_connection(TokioIo::new(deadline), caller)));
+            let ended = self.drive(&mut *conn, activity, Some(limits.idle_release)).await;
+            let parts = conn.0.into_parts();
+            let deadline = parts.io.into_inner();
+            match ended {
+                Ended::Released => {
+                    // Bytes hyper had read past the last request (none, as it
+                    // was idle) come first next time.
+                    prefix = match (deadline.prefix.is_empty(), parts.read_buf.is_empty()) {
+                        (_, true) => deadline.prefix,
+                        (true, false) => parts.read_buf,
+                        (false, false) => [deadline.prefix, parts.read_buf].concat().into(),
+                    };
+                    (io, caller) = (deadline.io, parts.service);
+                }
+                Ended::Done => return close(deadline.io, limits.drain_timeout).await,
+                Ended::Dropped => return,
+            }
+        }
+    }
+
+    /// Waits, holding no HTTP state, for the first byte of the next request;
+    /// None when the peer closes, the idle timeout passes or the server drains.
+    async fn next_request(&mut self, io: &mut Tls, activity: &Activity) -> Option<Bytes> {
+        if *self.drain.borrow() {
+            return None;
+        }
+        let idle_timeout = self.shared.limits.idle_timeout;
+        let idle = activity.idle_for().unwrap_or_default();
+        let mut first = [0u8; 1];
+        let released = &self.shared.gw.metrics.connections_released;
+        released.fetch_add(1, Ordering::Relaxed);
+        let got = tokio::select! {
+            read = io.read(&mut first) => match read {
+                Ok(1) => Some(Bytes::copy_from_slice(&first)),
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::debug!(peer = %self.info.peer, error = %e, "connection ended with an error");
+                    None
+                }
+            },
+            _ = self.drain.changed() => None,
+            _ = tokio::time::sleep(idle_timeout.saturating_sub(idle)) => None,
         };
-        // Runs the connection to its end: closes it gracefully when idle for
-        // `idle_timeout` or when the server drains, and cuts it off when the
-        // peer ignores the close for `drain_timeout`.
-        // One timer per connection, set to the moment it would become idle
-        // (not a periodic tick: 10,000 idle connections must cost nothing).
-        let idle_timeout = limits.idle_timeout;
-        let timer = tokio::time::sleep(idle_timeout);
+        released.fetch_sub(1, Ordering::Relaxed);
+        got
+    }
+
+    /// Runs an HTTP connection until it ends: closes it gracefully when idle
+    /// for `idle_timeout` or when the server drains, cuts it off when the
+    /// peer ignores the close for `drain_timeout`, and ends it (HTTP/1.1) once
+    /// it has idled for `release`.
+    async fn drive(&mut self, conn: &mut dyn ServedConnection, activity: &Activity, release: Option<Duration>) -> Ended {
+        let limits = &self.shared.limits;
+        let (idle_timeout, drain_timeout) = (limits.idle_timeout, limits.drain_timeout);
+        let busy_wait = release.map_or(idle_timeout, |r| r.min(idle_timeout));
+        // One timer per connection, set to the next moment something may be
+        // due (not a periodic tick: 10,000 idle connections must cost nothing).
+        let timer = tokio::time::sleep(busy_wait);
         tokio::pin!(timer);
-        let mut closing = false;
+        let (mut closing, mut releasing) = (false, false);
         loop {
             tokio::select! {
-                res = conn.as_mut() => {
-                    if let Err(e) = res {
-                        tracing::debug!(peer = %self.info.peer, error = %e, "connection ended with an error");
-                    }
-                    break;
+                res = &mut *conn => {
+                    return match res {
+                        Err(e) => {
+                            tracing::debug!(peer = %self.info.peer, error = %e, "connection ended with an error");
+                            Ended::Dropped
+                        }
+                        Ok(()) if releasing && !closing => Ended::Released,
+                        Ok(()) => Ended::Done,
+                    };
                 }
                 changed = self.drain.changed(), if !closing => {
                     if changed.is_err() || *self.drain.borrow() {
-                        conn.as_mut().shutdown();
+                        conn.shutdown();
                         closing = true;
-                        timer.as_mut().reset(tokio::time::Instant::now() + limits.drain_timeout);
+                        timer.as_mut().reset(tokio::time::Instant::now() + drain_timeout);
                     }
                 }
                 _ = &mut timer => {
                     let now = tokio::time::Instant::now();
                     if closing {
                         // A peer that ignores the close is cut off.
-                        break;
+                        return Ended::Dropped;
                     }
-                    match activity.idle_for() {
-                        Some(idle) if idle >= idle_timeout => {
-                            conn.as_mut().shutdown();
-                            closing = true;
-                            timer.as_mut().reset(now + limits.drain_timeout);
+                    let Some(idle) = activity.idle_for() else {
+                        timer.as_mut().reset(now + busy_wait);
+                        continue;
+                    };
+                    if idle >= idle_timeout {
+                        conn.shutdown();
+                        closing = true;
+                        timer.as_mut().reset(now + drain_timeout);
+                        continue;
+                    }
+                    let mut wait = idle_timeout - idle;
+                    if let Some(release) = release.filter(|_| !releasing) {
+                        if idle < release {
+                            wait = wait.min(release - idle);
+                        } else if activity.head_pending() {
+                            // hyper would answer the request being read with
+                            // `Connection: close`: try again later.
+                            wait = wait.min(release);
+                        } else {
+                            // Idle: hyper stops at once, without a byte written.
+                            conn.shutdown();
+                            releasing = true;
                         }
-                        Some(idle) => timer.as_mut().reset(now + (idle_timeout - idle)),
-                        None => timer.as_mut().reset(now + idle_timeout),
                     }
+                    timer.as_mut().reset(now + wait);
                 }
             }
         }
     }
+}
+
+/// Closes the transport gracefully (TLS close_notify, then FIN), giving up
+/// after `limit` on a peer that does not read.
+async fn close(mut io: Tls, limit: Duration) {
+    let _ = tokio::time::timeout(limit, io.shutdown()).await;
 }

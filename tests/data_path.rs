@@ -307,17 +307,103 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let env = TestEnv::new().await;
     let up = TestUpstream::http().await;
     env.write_policy("all.toml", ALLOW_ALL);
-    let proxy = Proxy::start(&env.write_config(&format!("[limits]\nidle_timeout_ms = 300\n{}", routes(&up.http_url(), "")))).await;
+    // With hyper serving it all along, and given back to wait holding no HTTP state after 50 ms.
+    for release_ms in [60_000, 50] {
+        let limits = format!("[limits]\nidle_timeout_ms = 300\nidle_release_ms = {release_ms}\n");
+        let proxy = Proxy::start(&env.write_config(&format!("{limits}{}", routes(&up.http_url(), "")))).await;
+        let token = env.token("svc-a", "test");
+        let mut s = client::tls_connect(proxy.addr, &env.certs.ca).await;
+        s.write_all(format!("GET /svc/k HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes()).await.unwrap();
+        assert_eq!(client::read_response(&mut s).await, 200);
+        let idle_since = std::time::Instant::now();
+        // The server closes the kept-alive connection once it has been idle for 300 ms.
+        assert!(
+            client::closed_within(&mut s, Duration::from_secs(5)).await,
+            "the idle connection was not closed (release {release_ms} ms)"
+        );
+        let after = idle_since.elapsed();
+        assert!(after >= Duration::from_millis(250), "closed too early: {after:?} (release {release_ms} ms)");
+        proxy.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_download_read_slower_than_the_idle_timeout_keeps_its_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::new().await;
+    let up = TestUpstream::http().await;
+    env.write_policy("all.toml", ALLOW_ALL);
+    let limits = "[limits]\nidle_timeout_ms = 300\nidle_release_ms = 20\n";
+    let proxy = Proxy::start(&env.write_config(&format!("{limits}{}", routes(&up.http_url(), "")))).await;
     let token = env.token("svc-a", "test");
     let mut s = client::tls_connect(proxy.addr, &env.certs.ca).await;
+    // More than the socket buffers hold: the response is still being sent
+    // while the client pauses for twice the idle timeout.
+    let bytes = 32 << 20;
+    s.write_all(format!("GET /svc/download?bytes={bytes} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = s.read(&mut first).await.unwrap();
+    let head = String::from_utf8_lossy(&first[..n]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    let body_start = head.find("\r\n\r\n").unwrap() + 4;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut rest = vec![0u8; bytes - (n - body_start)];
+    s.read_exact(&mut rest).await.unwrap();
+    // The download was in flight, not idle: the connection serves the next request.
     s.write_all(format!("GET /svc/k HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes()).await.unwrap();
-    assert_eq!(client::read_response(&mut s).await, 200);
-    let idle_since = std::time::Instant::now();
-    // The server closes the kept-alive connection once it has been idle for 300 ms.
-    assert!(client::closed_within(&mut s, Duration::from_secs(5)).await, "the idle connection was not closed");
-    let after = idle_since.elapsed();
-    assert!(after >= Duration::from_millis(250), "closed too early: {after:?}");
+    assert_eq!(client::read_response(&mut s).await, 200, "the connection was closed after a slow download");
     proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_http1_connection_gives_its_state_back_and_serves_the_next_requests() {
+    use tokio::io::AsyncWriteExt;
+    let env = TestEnv::new().await;
+    let up = TestUpstream::http().await;
+    env.write_policy("all.toml", ALLOW_ALL);
+    let limits = "[limits]\nidle_release_ms = 20\nheader_timeout_ms = 300\nidle_timeout_ms = 20000\ndrain_timeout_ms = 20000\n";
+    let proxy = Proxy::start(&env.write_config(&format!("{limits}{}", routes(&up.http_url(), "")))).await;
+    let released = "gatehouse_connections_released";
+    let token = env.token("svc-a", "test");
+    let request = format!("GET /svc/k HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n");
+    let mut s = client::tls_connect(proxy.addr, &env.certs.ca).await;
+    // Before its first request a connection holds no HTTP state.
+    common::wait_metric(proxy.admin, released, 1).await;
+    s.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(client::read_response(&mut s).await, 200);
+    // Given back after 20 ms idle; the next request, and two pipelined in one
+    // write, are served on the same connection.
+    common::wait_metric(proxy.admin, released, 1).await;
+    s.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(client::read_response(&mut s).await, 200, "the released connection did not serve its next request");
+    common::wait_metric(proxy.admin, released, 1).await;
+    s.write_all(format!("{request}{request}").as_bytes()).await.unwrap();
+    assert_eq!(client::read_response(&mut s).await, 200);
+    assert_eq!(client::read_response(&mut s).await, 200, "the second pipelined request was lost");
+    // A head that starts on a released connection and stalls is cut at the head deadline.
+    common::wait_metric(proxy.admin, released, 1).await;
+    s.write_all(b"GET /svc/k HTTP/1.1\r\nHost: local").await.unwrap();
+    let started = std::time::Instant::now();
+    assert!(client::closed_within(&mut s, Duration::from_secs(10)).await, "a slow request head was not cut off");
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_millis(250) && after < Duration::from_millis(3000),
+        "slow head closed after {after:?}; deadline 300 ms"
+    );
+    common::wait_metric(proxy.admin, "gatehouse_connections_open", 0).await;
+    common::wait_metric(proxy.admin, released, 0).await;
+    // A released connection is closed at once when the server drains, not at the drain deadline.
+    let mut s = client::tls_connect(proxy.addr, &env.certs.ca).await;
+    s.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(client::read_response(&mut s).await, 200);
+    common::wait_metric(proxy.admin, released, 1).await;
+    let stopping = std::time::Instant::now();
+    proxy.stop().await;
+    assert!(client::closed_within(&mut s, Duration::from_secs(1)).await, "the released connection outlived the drain");
+    assert!(stopping.elapsed() < Duration::from_secs(10), "drain waited {:?} for an idle connection", stopping.elapsed());
 }
 
 #[tokio::test]

@@ -98,6 +98,9 @@ pub struct Limits {
     pub header_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// An HTTP/1.1 connection idle this long gives hyper's buffers back
+    /// until its next request.
+    pub idle_release: Duration,
     pub max_connections: usize,
     pub drain_timeout: Duration,
     /// Worker threads serving callers (each with its own event loop); 0: one per CPU.
@@ -121,6 +124,7 @@ impl Default for Limits {
             header_timeout: Duration::from_millis(10_000),
             tls_handshake_timeout: Duration::from_millis(10_000),
             idle_timeout: Duration::from_millis(60_000),
+            idle_release: Duration::from_millis(1_000),
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(30),
             workers: 0,
@@ -445,6 +449,7 @@ impl Validator<'_> {
             header_timeout: self.ms(&r.header_timeout_ms, d.header_timeout),
             tls_handshake_timeout: self.ms(&r.tls_handshake_timeout_ms, d.tls_handshake_timeout),
             idle_timeout: self.ms(&r.idle_timeout_ms, d.idle_timeout),
+            idle_release: self.ms(&r.idle_release_ms, d.idle_release),
             max_connections,
             drain_timeout: self.ms(&r.drain_timeout_ms, d.drain_timeout),
             workers,

@@ -87,6 +87,8 @@ pub struct RawLimits {
     pub header_timeout_ms: Option<Spanned<u64>>,
     pub tls_handshake_timeout_ms: Option<Spanned<u64>>,
     pub idle_timeout_ms: Option<Spanned<u64>>,
+    /// An idle HTTP/1.1 connection gives its HTTP buffers back after this long.
+    pub idle_release_ms: Option<Spanned<u64>>,
     pub max_connections: Option<Spanned<u64>>,
     /// How long a graceful drain waits for in-flight requests (default 30 s).
     pub drain_timeout_ms: Option<Spanned<u64>>,

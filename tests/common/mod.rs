@@ -150,6 +150,22 @@ impl Proxy {
     }
 }
 
+/// Polls /metrics until the unlabelled metric `name` reads `value` (10 s deadline).
+pub async fn wait_metric(admin: SocketAddr, name: &str, value: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut last = None;
+    loop {
+        if let Some((200, body)) = client::admin_get(admin, "/metrics").await {
+            last = body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<i64>().ok());
+            if last == Some(value) {
+                return;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{name} stayed at {last:?}, not {value}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Polls /readyz until it answers 200 (10 s deadline).
 pub async fn wait_ready(admin: SocketAddr) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
