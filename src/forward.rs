@@ -1,4 +1,4 @@
-//! Forwarding: the pooled keep-alive client per upstream (http, https with
+//! Forwarding: pooled keep-alive connections per upstream and worker (http, https with
 //! `ca_file`, h1 and h2), the upstream URI, header hygiene (SPEC §6) and
 //! the connect/response timeouts (502/504).
 
@@ -8,15 +8,22 @@ use std::time::Duration;
 
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response, Uri, Version};
-use hyper::body::Incoming;
+use std::sync::Arc;
+
+use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::Service;
 
 use crate::body::ProxyBody;
 use crate::config::UpstreamSettings;
 use crate::outbound::{client_tls, error_chain};
+
+mod pool;
+
+pub use pool::UpstreamBody;
+use pool::{Lane, PoolLimits};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_GATEHOUSE_SUB: HeaderName = HeaderName::from_static("x-gatehouse-sub");
@@ -71,17 +78,25 @@ impl fmt::Display for ForwardError {
 
 impl std::error::Error for ForwardError {}
 
-/// One upstream's clients and address.
+/// One upstream's connections and address.
 pub struct Forwarder {
-    /// One pooled client per worker thread (`crate::server::lane`): a pooled
-    /// upstream connection's task runs on the worker that opened it, so a
-    /// request never wakes another thread to reach its upstream.
-    clients: Box<[Client<HttpsConnector<HttpConnector>, ProxyBody>]>,
+    connector: HttpsConnector<HttpConnector>,
+    /// One pool per worker thread (`crate::server::lane`).
+    lanes: Box<[Arc<Lane>]>,
+    limits: PoolLimits,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
+    /// `Host` for HTTP/1.1: the authority without a default port.
+    host: HeaderValue,
     base_path: String,
     response_timeout: Duration,
     http2: bool,
+}
+
+/// A fresh upstream connection.
+enum Fresh {
+    H1(http1::SendRequest<ProxyBody>),
+    H2(http2::SendRequest<ProxyBody>),
 }
 
 impl Forwarder {
@@ -96,18 +111,21 @@ impl Forwarder {
         let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
         let connector =
             if u.http2 { builder.enable_http2().wrap_connector(http) } else { builder.enable_all_versions().wrap_connector(http) };
-        let mut cb = Client::builder(TokioExecutor::new());
-        cb.pool_idle_timeout(Duration::from_secs(90)).pool_max_idle_per_host(1024).pool_timer(TokioTimer::new()).timer(TokioTimer::new());
-        if u.http2 {
-            cb.http2_only(true);
-        }
-        let clients = (0..lanes.max(1)).map(|_| cb.build(connector.clone())).collect();
         let scheme = u.url.scheme().cloned().ok_or("upstream URL has no scheme")?;
         let authority = u.url.authority().cloned().ok_or("upstream URL has no authority")?;
+        let default_port = if scheme == http::uri::Scheme::HTTPS { 443 } else { 80 };
+        let host = match authority.port_u16() {
+            Some(p) if p == default_port => authority.host(),
+            _ => authority.as_str(),
+        };
+        let host = HeaderValue::from_str(host).map_err(|e| format!("upstream URL host: {e}"))?;
         Ok(Self {
-            clients,
+            connector,
+            lanes: (0..lanes.max(1)).map(|_| Arc::new(Lane::default())).collect(),
+            limits: PoolLimits { idle_timeout: Duration::from_secs(90), max_idle: 1024 },
             scheme,
             authority,
+            host,
             base_path: u.url.path().trim_end_matches('/').to_owned(),
             response_timeout: u.response_timeout,
             http2: u.http2,
@@ -131,20 +149,119 @@ impl Forwarder {
             .map_err(|e| ForwardError::Unreachable(format!("cannot build the upstream URI: {e}")))
     }
 
-    fn client(&self) -> &Client<HttpsConnector<HttpConnector>, ProxyBody> {
-        let lanes = &self.clients;
-        &lanes[crate::server::lane() % lanes.len()]
-    }
-
     /// Sends the request; the response head must arrive within `response_timeout`.
-    pub async fn send(&self, mut req: Request<ProxyBody>) -> Result<Response<Incoming>, ForwardError> {
-        *req.version_mut() = if self.http2 { Version::HTTP_2 } else { Version::HTTP_11 };
-        match tokio::time::timeout(self.response_timeout, self.client().request(req)).await {
+    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<UpstreamBody>, ForwardError> {
+        match tokio::time::timeout(self.response_timeout, self.exchange(req)).await {
             Err(_) => Err(ForwardError::Timeout),
-            Ok(Err(e)) => Err(ForwardError::Unreachable(error_chain(&e))),
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(result) => result,
         }
     }
+
+    /// On this worker's pooled connection when one takes the request, else
+    /// on a new one. A request a pooled connection refused before sending
+    /// any of it (the upstream had closed it) moves on to the next.
+    async fn exchange(&self, mut req: Request<ProxyBody>) -> Result<Response<UpstreamBody>, ForwardError> {
+        let lane = &self.lanes[crate::server::lane() % self.lanes.len()];
+        if let Some(mut tx) = lane.h2() {
+            self.for_h2(&mut req);
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok(resp.map(UpstreamBody::plain)),
+                Err(mut e) => match e.take_message() {
+                    Some(back) => {
+                        lane.drop_h2();
+                        req = back;
+                    }
+                    None => return Err(unreachable(&e.into_error())),
+                },
+            }
+        }
+        while let Some(mut tx) = lane.take_h1(self.limits) {
+            if tx.ready().await.is_err() {
+                continue;
+            }
+            self.for_h1(&mut req);
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok(resp.map(|b| UpstreamBody::pooled(b, lane.clone(), tx, self.limits))),
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Err(unreachable(&e.into_error())),
+                },
+            }
+        }
+        match self.connect().await? {
+            Fresh::H2(mut tx) => {
+                lane.set_h2(tx.clone());
+                self.for_h2(&mut req);
+                tx.send_request(req).await.map(|r| r.map(UpstreamBody::plain)).map_err(|e| unreachable(&e))
+            }
+            Fresh::H1(mut tx) => {
+                self.for_h1(&mut req);
+                let resp = tx.send_request(req).await.map_err(|e| unreachable(&e))?;
+                Ok(resp.map(|b| UpstreamBody::pooled(b, lane.clone(), tx, self.limits)))
+            }
+        }
+    }
+
+    /// A new connection on this worker; its task runs here.
+    async fn connect(&self) -> Result<Fresh, ForwardError> {
+        let target = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| ForwardError::Unreachable(format!("cannot build the upstream URI: {e}")))?;
+        let io = self.connector.clone().call(target).await.map_err(|e| unreachable(&*e))?;
+        if self.http2 || io.connected().is_negotiated_h2() {
+            let (tx, conn) =
+                http2::Builder::new(TokioExecutor::new()).timer(TokioTimer::new()).handshake(io).await.map_err(|e| unreachable(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %error_chain(&e), "upstream HTTP/2 connection ended");
+                }
+            });
+            Ok(Fresh::H2(tx))
+        } else {
+            let (tx, conn) = http1::handshake(io).await.map_err(|e| unreachable(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %error_chain(&e), "upstream connection ended");
+                }
+            });
+            Ok(Fresh::H1(tx))
+        }
+    }
+
+    /// Origin-form target and `Host`, as HTTP/1.1 wants them.
+    fn for_h1(&self, req: &mut Request<ProxyBody>) {
+        *req.version_mut() = Version::HTTP_11;
+        if req.uri().authority().is_some() {
+            let pq = req.uri().path_and_query().cloned();
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = pq;
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+        req.headers_mut().entry(header::HOST).or_insert_with(|| self.host.clone());
+    }
+
+    /// Absolute target (`:scheme`, `:authority`), as HTTP/2 wants it.
+    fn for_h2(&self, req: &mut Request<ProxyBody>) {
+        *req.version_mut() = Version::HTTP_2;
+        req.headers_mut().remove(header::HOST);
+        if req.uri().authority().is_none() {
+            let mut parts = req.uri().clone().into_parts();
+            parts.scheme = Some(self.scheme.clone());
+            parts.authority = Some(self.authority.clone());
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+}
+
+fn unreachable(e: &dyn std::error::Error) -> ForwardError {
+    ForwardError::Unreachable(error_chain(e))
 }
 
 /// What the proxy adds to every upstream request.

@@ -22,7 +22,7 @@ use crate::authz::{AccessRequest, Effect, PolicySet};
 use crate::body::{self, Counted, ProxyBody, StreamEnd, Tracked};
 use crate::credential::UpstreamCredential;
 use crate::error::ProxyError;
-use crate::forward::{Added, ForwardError, Forwarder, X_REQUEST_ID, strip_hop_by_hop, upstream_headers};
+use crate::forward::{Added, ForwardError, Forwarder, UpstreamBody, X_REQUEST_ID, strip_hop_by_hop, upstream_headers};
 use crate::metrics::Metrics;
 use crate::request::RequestMeta;
 use crate::route::Router;
@@ -88,7 +88,7 @@ async fn pipeline(
     req: Request<Incoming>,
     request_id: &HeaderValue,
     record: &mut Record,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<UpstreamBody>, ProxyError> {
     let meta = RequestMeta::from_request(&req).map_err(ProxyError::BadRequest)?;
     record.meta(&meta);
     let route = gw.router.find(meta.host.as_deref(), &meta.path).map_err(ProxyError::NoRoute)?;

@@ -213,6 +213,47 @@ async fn unreachable_upstream_is_502_and_slow_upstream_is_504() {
 }
 
 #[tokio::test]
+async fn upstream_connections_are_reused_but_never_after_a_close_or_a_half_read_body() {
+    let env = TestEnv::new().await;
+    let up = TestUpstream::http().await;
+    let proxy = start(&env, &up).await;
+    let token = env.token("svc-a", "test");
+    let c = client::h1(&env.certs.ca);
+    for _ in 0..5 {
+        assert_eq!(get(&c, proxy.addr, "/svc/a", Some(&token)).await.status, 200);
+    }
+    assert_eq!(up.connections(), 1, "sequential requests share one upstream connection");
+
+    // The upstream closes after answering: the next request opens a new one.
+    assert_eq!(get(&c, proxy.addr, "/svc/close", Some(&token)).await.status, 200);
+    assert_eq!(get(&c, proxy.addr, "/svc/a", Some(&token)).await.status, 200);
+    assert_eq!(up.connections(), 2);
+
+    // A download the caller abandons half-way: its upstream connection is
+    // mid-response and must not serve anyone else.
+    let c2 = client::h1(&env.certs.ca);
+    let r = c2
+        .request(
+            http::Request::get(format!("https://localhost:{}/svc/download?bytes={}", proxy.addr.port(), 64 << 20))
+                .header("authorization", format!("Bearer {token}"))
+                .body(gatehouse::body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(r);
+    drop(c2);
+    for _ in 0..3 {
+        let r = get(&c, proxy.addr, "/svc/a", Some(&token)).await;
+        assert_eq!(r.status, 200);
+        assert!(r.json()["body_len"].is_number(), "a whole answer from the upstream, not download bytes");
+    }
+    assert_eq!(up.connections(), 3, "the download's connection was not reused; the other one was");
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn no_route_is_404_and_missing_token_is_401() {
     let env = TestEnv::new().await;
     let up = TestUpstream::http().await;

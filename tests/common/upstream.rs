@@ -1,9 +1,11 @@
 //! Test upstreams: http, https (h1 or h2 by ALPN) and h2c. They stream
 //! bodies without buffering them, record what they saw, and offer
-//! `/download?bytes=N`, `/slow?ms=N` and `/status/N`.
+//! `/download?bytes=N`, `/slow?ms=N`, `/status/N` and `/close` (answers, then
+//! closes the connection). `connections` counts the connections accepted.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +37,7 @@ pub struct TestUpstream {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     /// Notified when a `/slow` request arrives.
     pub slow_started: Arc<Notify>,
+    pub connections: Arc<AtomicUsize>,
 }
 
 impl TestUpstream {
@@ -58,11 +61,17 @@ impl TestUpstream {
 
     async fn start(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let up = TestUpstream { addr: listener.local_addr().expect("addr"), seen: Arc::default(), slow_started: Arc::new(Notify::new()) };
+        let up = TestUpstream {
+            addr: listener.local_addr().expect("addr"),
+            seen: Arc::default(),
+            slow_started: Arc::new(Notify::new()),
+            connections: Arc::default(),
+        };
         let server = up.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { continue };
+                server.connections.fetch_add(1, Ordering::SeqCst);
                 let (server, tls) = (server.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
@@ -98,6 +107,10 @@ impl TestUpstream {
         self.seen.lock().expect("lock").last().cloned().expect("the upstream saw no request")
     }
 
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
     pub fn count(&self) -> usize {
         self.seen.lock().expect("lock").len()
     }
@@ -124,6 +137,11 @@ impl TestUpstream {
         let param = |k: &str| query.split('&').find_map(|kv| kv.strip_prefix(&format!("{k}="))?.parse::<u64>().ok());
         if path.ends_with("/download") {
             return download(param("bytes").unwrap_or(0));
+        }
+        if path.ends_with("/close") {
+            let mut r = Response::new(full(Bytes::from_static(b"bye")));
+            r.headers_mut().insert("connection", http::HeaderValue::from_static("close"));
+            return r;
         }
         if path.ends_with("/slow") {
             self.slow_started.notify_one();
