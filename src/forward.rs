@@ -131,7 +131,9 @@ impl Forwarder {
         })
     }
 
-    /// The upstream URI for a (stripped, normalized) path and the raw query.
+    /// The upstream target (origin-form) for a (stripped, normalized) path
+    /// and the raw query; `for_h2` adds the scheme and authority when the
+    /// connection turns out to speak HTTP/2.
     pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, ForwardError> {
         let mut pq = String::with_capacity(self.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
         pq.push_str(&self.base_path);
@@ -140,12 +142,7 @@ impl Forwarder {
             pq.push('?');
             pq.push_str(q);
         }
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|e| ForwardError::Unreachable(format!("cannot build the upstream URI: {e}")))
+        Uri::builder().path_and_query(pq).build().map_err(|e| ForwardError::Unreachable(format!("cannot build the upstream URI: {e}")))
     }
 
     /// Sends the request; the response head must arrive within `response_timeout`.
@@ -230,7 +227,8 @@ impl Forwarder {
         }
     }
 
-    /// Origin-form target and `Host`, as HTTP/1.1 wants them.
+    /// Origin-form target and `Host`, as HTTP/1.1 wants them (a request
+    /// coming back from a refused HTTP/2 connection is in absolute form).
     fn for_h1(&self, req: &mut Request<ProxyBody>) {
         *req.version_mut() = Version::HTTP_11;
         if req.uri().authority().is_some() {
