@@ -54,7 +54,8 @@ fn writer_throughput(c: &mut Criterion) {
                 let started = Instant::now();
                 let task = tokio::spawn(writer.run());
                 for event in events {
-                    sink.send(event).await.expect("writer running");
+                    sink.admit().await.expect("log writable");
+                    sink.send(event).expect("writer running");
                 }
                 drop(sink);
                 task.await.expect("writer task");

@@ -115,13 +115,13 @@ fn authorize(c: &mut Criterion) {
     let subject = subject();
     let route = route_name(TARGET_ROUTE);
     let allowed_path = format!("/{route}/v2/orders/8812/lines/3");
-    let allowed = AccessRequest { route: &route, method: "GET", path: &allowed_path, subject: &subject };
+    let allowed = AccessRequest { route: &route, method: "GET", path: &allowed_path, fold_case: false, subject: &subject };
     let decision = set.authorize(&allowed);
     assert_eq!(decision.effect, Effect::Allow);
     assert_eq!(decision.rule.as_str(), format!("{route}-rule-{TARGET_RULE:02}"));
 
     let denied_path = format!("/{route}/v9/unknown/thing");
-    let denied = AccessRequest { route: &route, method: "GET", path: &denied_path, subject: &subject };
+    let denied = AccessRequest { route: &route, method: "GET", path: &denied_path, fold_case: false, subject: &subject };
     let decision = set.authorize(&denied);
     assert_eq!((decision.effect, decision.rule.as_str()), (Effect::Deny, "default-deny"));
 

@@ -3,18 +3,21 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::body::{ProxyBody, full};
 use crate::proxy::Gateway;
 
-/// Serves admin requests until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
+/// Serves admin requests until `shutdown` resolves. A request head must
+/// arrive within `header_timeout` (the proxy listener's limit), so a client
+/// that connects and stalls holds nothing for long.
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, header_timeout: Duration, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
         let (tcp, _) = tokio::select! {
@@ -27,7 +30,8 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Futur
                 let gw = gw.clone();
                 async move { Ok::<_, Infallible>(answer(&gw, &req)) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_buf_size(64 * 1024);
             let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
         });
     }

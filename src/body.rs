@@ -1,17 +1,19 @@
-//! Body types: one boxed streaming body for both directions, a counter for
-//! bytes that pass, and a wrapper that reports once when a stream ends,
+//! Body types: one boxed streaming body for both directions, the caller's
+//! request body with its idle timeout and replay copy, and a wrapper that reports once when a stream ends,
 //! fails, or is dropped half-way (client gone), so that every request gets
 //! its audit record with the bytes that really flowed.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
+use std::future::Future as _;
 
 /// Errors of any body in the proxy.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -36,63 +38,190 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
-/// A body that keeps `T` alive until hyper drops it: sent to its end, or
-/// abandoned.
-pub struct Holding<B, T> {
-    body: B,
-    _held: T,
+/// Why a caller's request body did not arrive whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFailure {
+    /// The caller reset the stream or closed the connection (499).
+    Closed,
+    /// The body broke the framing rules (bad chunk, length mismatch) (400).
+    Malformed,
+    /// No piece of it arrived within `body_timeout_ms` (408).
+    TimedOut,
 }
 
-impl<B, T> Holding<B, T> {
-    pub fn new(body: B, held: T) -> Self {
-        Self { body, _held: held }
-    }
+/// What happened to a caller's request body, shared between the body (owned
+/// by the upstream connection while it is sent) and the request's pipeline.
+#[derive(Debug, Default)]
+pub struct InboundState {
+    bytes: AtomicU64,
+    /// 0 flowing, 1 complete, else a [`BodyFailure`] code.
+    end: AtomicU8,
+    /// The body's frames while they fit the replay limit; `None` once they
+    /// do not (or when nothing is kept).
+    kept: Mutex<Option<Vec<Bytes>>>,
 }
 
-impl<B: Body + Unpin, T: Unpin> Body for Holding<B, T> {
-    type Data = B::Data;
-    type Error = B::Error;
+const FLOWING: u8 = 0;
+const COMPLETE: u8 = 1;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// Counts the data bytes that pass into a shared counter.
-pub struct Counted<B> {
-    inner: B,
-    count: Arc<AtomicU64>,
-}
-
-impl<B> Counted<B> {
-    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
-        Self { inner, count }
-    }
-}
-
-impl<B> Body for Counted<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+impl BodyFailure {
+    fn code(self) -> u8 {
+        match self {
+            Self::Closed => 2,
+            Self::Malformed => 3,
+            Self::TimedOut => 4,
         }
-        polled
+    }
+}
+
+impl InboundState {
+    /// Body bytes received from the caller so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Why the body did not arrive whole, if it failed.
+    pub fn failure(&self) -> Option<BodyFailure> {
+        match self.end.load(Ordering::Acquire) {
+            2 => Some(BodyFailure::Closed),
+            3 => Some(BodyFailure::Malformed),
+            4 => Some(BodyFailure::TimedOut),
+            _ => None,
+        }
+    }
+
+    /// The whole body, when it was kept (small enough) and has arrived to
+    /// its end: what a retry sends again.
+    pub fn replay(&self) -> Option<Bytes> {
+        if self.end.load(Ordering::Acquire) != COMPLETE {
+            return None;
+        }
+        let kept = self.kept.lock().ok()?;
+        let frames = kept.as_ref()?;
+        Some(match frames.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => many.concat().into(),
+        })
+    }
+
+    fn end(&self, code: u8) {
+        let _ = self.end.compare_exchange(FLOWING, code, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    fn keep(&self, data: &Bytes, limit: usize) {
+        if let Ok(mut kept) = self.kept.lock()
+            && let Some(frames) = kept.as_mut()
+        {
+            let held: usize = frames.iter().map(Bytes::len).sum();
+            if held + data.len() <= limit {
+                frames.push(data.clone());
+            } else {
+                *kept = None;
+            }
+        }
+    }
+}
+
+/// A caller's request body on its way upstream: counts the bytes, records
+/// how it ended (for blame: a caller that stops sending is not the
+/// upstream's fault), fails when no piece arrives within `timeout` (an idle
+/// wait, not a total: a long upload that keeps moving is never cut), and
+/// keeps a copy of up to `keep` bytes while it streams, for one retry.
+pub struct Inbound {
+    inner: hyper::body::Incoming,
+    state: Arc<InboundState>,
+    timeout: Duration,
+    keep: usize,
+    /// Armed while waiting for the next piece; allocated on the first wait.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl Inbound {
+    /// `keep`: bytes to copy for a replay (0: none).
+    pub fn new(inner: hyper::body::Incoming, state: Arc<InboundState>, timeout: Duration, keep: usize) -> Self {
+        if keep > 0
+            && let Ok(mut kept) = state.kept.lock()
+        {
+            *kept = Some(Vec::new());
+        }
+        if inner.is_end_stream() {
+            state.end(COMPLETE);
+        }
+        Self { inner, state, timeout, keep, sleep: None, armed: false }
+    }
+}
+
+/// The body error a timed-out caller body ends with.
+#[derive(Debug)]
+struct BodyTimedOut;
+
+impl std::fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the caller sent no part of its request body in time")
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
+
+/// How a caller's body error is blamed.
+fn classify(error: &hyper::Error) -> BodyFailure {
+    if error.is_parse() || error.is_user() {
+        return BodyFailure::Malformed;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData) {
+            return BodyFailure::Malformed;
+        }
+        source = e.source();
+    }
+    BodyFailure::Closed
+}
+
+impl Body for Inbound {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.armed = false;
+                if let Some(data) = frame.data_ref() {
+                    this.state.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if this.keep > 0 {
+                        this.state.keep(data, this.keep);
+                    }
+                }
+                if this.inner.is_end_stream() {
+                    this.state.end(COMPLETE);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.state.end(classify(&e).code());
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.state.end(COMPLETE);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::now() + this.timeout;
+                let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !this.armed {
+                    sleep.as_mut().reset(deadline);
+                    this.armed = true;
+                }
+                if sleep.as_mut().poll(cx).is_ready() {
+                    this.state.end(BodyFailure::TimedOut.code());
+                    return Poll::Ready(Some(Err(Box::new(BodyTimedOut))));
+                }
+                Poll::Pending
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

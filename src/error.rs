@@ -1,13 +1,15 @@
-//! Every stage's error becomes one answer here, in one exhaustive match
-//! (SPEC §5): status, `WWW-Authenticate`, JSON body and audit reason. Who
-//! caused the failure picks the class: caller → 4xx, upstream → 502/504.
+//! Every stage's error becomes one answer here, in one exhaustive match:
+//! status, `WWW-Authenticate`, JSON body and audit reason. Who caused the
+//! failure picks the class: caller → 4xx, upstream → 502/504, gatehouse
+//! itself → 500. Answers never show internal addresses or connection errors:
+//! those go to the log, under the request id the answer carries.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::authn::AuthnError;
 use crate::authz::{Decision, DenyReason};
-use crate::body::ProxyBody;
+use crate::body::{BodyFailure, ProxyBody};
 use crate::credential::CredentialError;
 use crate::forward::ForwardError;
 use crate::request::RequestError;
@@ -24,6 +26,10 @@ pub enum ProxyError {
     Forward(ForwardError),
     /// The audit log cannot be written: nothing is served unaudited.
     AuditUnavailable,
+    /// The caller's own request body failed while it was forwarded.
+    CallerBody(BodyFailure),
+    /// A failure that is nobody's fault outside gatehouse (500).
+    Internal(String),
 }
 
 /// The parts of an answer, before it is rendered.
@@ -47,6 +53,26 @@ impl ProxyError {
             Self::Credential(_) => "credential_unavailable",
             Self::Forward(e) => e.reason(),
             Self::AuditUnavailable => "audit_unavailable",
+            Self::CallerBody(BodyFailure::Closed) => "client_closed",
+            Self::CallerBody(BodyFailure::Malformed | BodyFailure::TimedOut) => "bad_request",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    /// Logs what the answer does not show: the cause of a failure on the
+    /// upstream's or gatehouse's side (caller errors are logged where they
+    /// are found).
+    pub fn log(&self, request_id: &str) {
+        match self {
+            Self::Credential(e) => tracing::warn!(request_id, error = %e, "no upstream credential"),
+            Self::Forward(e) => tracing::warn!(request_id, error = %e, "upstream failed"),
+            Self::Internal(e) => tracing::error!(request_id, error = %e, "internal error"),
+            Self::BadRequest(_)
+            | Self::NoRoute(_)
+            | Self::Unauthenticated(_)
+            | Self::Forbidden(_)
+            | Self::AuditUnavailable
+            | Self::CallerBody(_) => {}
         }
     }
 
@@ -94,22 +120,38 @@ impl ProxyError {
                 description: format!("denied by policy rule {}", d.rule),
                 www_authenticate: Some(format!("{REALM}, error=\"insufficient_scope\"")),
             },
+            // Credential messages name a cause and what an operator does about
+            // it, never an address or a connection error (those are logged).
             Self::Credential(e) => plain(StatusCode::SERVICE_UNAVAILABLE, "credential_unavailable", e.to_string()),
-            Self::Forward(e @ ForwardError::Unreachable(_)) => plain(StatusCode::BAD_GATEWAY, "upstream_error", e.to_string()),
+            Self::Forward(ForwardError::Unreachable(_)) => plain(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                "the upstream could not be reached; the gatehouse log has the cause under this request id".into(),
+            ),
             Self::Forward(e @ ForwardError::Timeout) => plain(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", e.to_string()),
             Self::Forward(e @ ForwardError::CredentialRejected) => {
                 plain(StatusCode::BAD_GATEWAY, "upstream_credential_rejected", e.to_string())
             }
+            Self::CallerBody(BodyFailure::Closed) => {
+                plain(StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST), "client_closed", "the caller went away".into())
+            }
+            Self::CallerBody(BodyFailure::Malformed) => {
+                plain(StatusCode::BAD_REQUEST, "invalid_request", "the request body is malformed".into())
+            }
+            Self::CallerBody(BodyFailure::TimedOut) => {
+                plain(StatusCode::REQUEST_TIMEOUT, "request_timeout", "no part of the request body arrived in time".into())
+            }
+            Self::Internal(_) => plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "gatehouse failed internally; the gatehouse log has the cause under this request id".into(),
+            ),
             Self::AuditUnavailable => plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "audit_unavailable",
                 "the audit log cannot be written; requests are refused until it can".into(),
             ),
         }
-    }
-
-    pub fn status(&self) -> StatusCode {
-        self.answer().status
     }
 
     /// The answer to send, with the request id in the header and the body.

@@ -134,7 +134,7 @@ impl Forwarder {
     /// The upstream target (origin-form) for a (stripped, normalized) path
     /// and the raw query; `for_h2` adds the scheme and authority when the
     /// connection turns out to speak HTTP/2.
-    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, ForwardError> {
+    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
         let mut pq = String::with_capacity(self.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
         pq.push_str(&self.base_path);
         pq.push_str(path);
@@ -142,7 +142,7 @@ impl Forwarder {
             pq.push('?');
             pq.push_str(q);
         }
-        Uri::builder().path_and_query(pq).build().map_err(|e| ForwardError::Unreachable(format!("cannot build the upstream URI: {e}")))
+        Uri::builder().path_and_query(pq).build()
     }
 
     /// Sends the request; the response head must arrive within `response_timeout`.
@@ -271,16 +271,44 @@ pub struct Added<'a> {
     pub credential: Option<(HeaderName, HeaderValue)>,
 }
 
-/// Rewrites caller headers for the upstream (SPEC §6): hop-by-hop and
+/// Headers that let a caller restate, after the policy decided, the
+/// method (`X-HTTP-Method-Override` and kin, honoured by many frameworks),
+/// the path (`X-Original-URL`, `X-Rewrite-URL`: IIS, Symfony, Zend;
+/// `X-Forwarded-Prefix`: Spring) or the client (`Forwarded`, `X-Real-IP`).
+const RESTATING: [&str; 11] = [
+    "forwarded",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+    "x-forwarded-prefix",
+    "x-forwarded-port",
+    "x-real-ip",
+];
+
+/// True for a caller header the upstream must never see: any spelling of
+/// `x-gatehouse-*` once `_` is read as `-` (CGI, WSGI, Rack and PHP turn
+/// `x_gatehouse-sub` into `HTTP_X_GATEHOUSE_SUB` too), any `x-forwarded-*`
+/// written with `_`, and the restating headers.
+fn spoofing(name: &str) -> bool {
+    let dashed = |prefix: &str| {
+        name.len() >= prefix.len() && name.as_bytes().iter().zip(prefix.as_bytes()).all(|(a, b)| a == b || (*a == b'_' && *b == b'-'))
+    };
+    dashed("x-gatehouse-") || (dashed("x-forwarded-") && name.contains('_')) || RESTATING.contains(&name)
+}
+
+/// Rewrites caller headers for the upstream: hop-by-hop and
 /// `Connection`-nominated headers, `Authorization`, `Host` and every
-/// `x-gatehouse-*` header are removed first; then the proxy's own are set,
-/// so that no caller header can remove or fake them.
+/// spoofing header are removed first; then the proxy's own are set, so that
+/// no caller header can remove or fake them.
 pub fn upstream_headers(headers: &mut HeaderMap, added: Added<'_>) {
     strip_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
     headers.remove(header::HOST);
-    let spoofed: Vec<HeaderName> =
-        headers.keys().filter(|k| k.as_str().starts_with("x-gatehouse-") || k.as_str().starts_with("x_gatehouse_")).cloned().collect();
+    let spoofed: Vec<HeaderName> = headers.keys().filter(|k| spoofing(k.as_str())).cloned().collect();
     for k in spoofed {
         headers.remove(k);
     }
@@ -366,6 +394,52 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "https");
         assert!(h.get("connection").is_none() && h.get("te").is_none());
         assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn every_spelling_of_a_proxy_header_and_every_restating_header_is_removed() {
+        let removed = [
+            "x-gatehouse-sub",
+            "x_gatehouse_sub",
+            "x_gatehouse-sub",
+            "x-gatehouse_sub",
+            "X-Gatehouse_Iss",
+            "x-gatehouse-assertion",
+            "x_forwarded_for",
+            "x-forwarded_host",
+            "x_forwarded-proto",
+            "forwarded",
+            "x-original-url",
+            "X-Rewrite-URL",
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+            "x-forwarded-prefix",
+            "x-real-ip",
+        ];
+        let mut h = HeaderMap::new();
+        for name in removed {
+            h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("spoofed"));
+        }
+        h.insert("x-gatehousex", HeaderValue::from_static("kept"));
+        h.insert("x-forwarded", HeaderValue::from_static("kept"));
+        let id = HeaderValue::from_static("r");
+        upstream_headers(
+            &mut h,
+            Added { peer: "127.0.0.1".parse().unwrap(), forwarded_host: None, request_id: &id, sub: "s", iss: "i", credential: None },
+        );
+        for name in removed {
+            let lower = name.to_ascii_lowercase();
+            match lower.as_str() {
+                "x-gatehouse-sub" => assert_eq!(h[name], "s"),
+                _ => assert!(h.get(name).is_none(), "{name} reached the upstream"),
+            }
+        }
+        assert_eq!(h["x-gatehousex"], "kept");
+        assert_eq!(h["x-forwarded"], "kept");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert!(h.get("x-forwarded-host").is_none());
     }
 
     #[test]

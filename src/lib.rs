@@ -26,6 +26,7 @@ pub mod secret;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod untrusted;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -94,15 +95,14 @@ pub async fn run(config: Config, listeners: Listeners, hup: Arc<Notify>, shutdow
             Some(store::open_store(&s.location, keys).map_err(|e| fail(format!("[store]: {e}")))?)
         }
     };
-    let observer: Arc<dyn RefreshObserver> =
-        Arc::new(AuditObserver { sink: sink.clone(), metrics: metrics.clone(), runtime: tokio::runtime::Handle::current() });
+    let observer: Arc<dyn RefreshObserver> = Arc::new(AuditObserver { sink: sink.clone(), metrics: metrics.clone() });
     let mut upstreams = Vec::new();
     for u in config.upstreams {
         let forwarder =
             forward::Forwarder::new(&u, config.limits.worker_threads()).map_err(|e| fail(format!("upstream {}: {e}", u.name)))?;
         let http = Arc::new(outbound::OutboundHttp::new(u.ca_file.as_deref()).map_err(|e| fail(format!("upstream {}: {e}", u.name)))?);
         let credential = UpstreamCredential::new(u.name.clone(), u.credential, http, store.clone(), observer.clone());
-        upstreams.push(Upstream { name: u.name.as_str().into(), forwarder, credential });
+        upstreams.push(Upstream { name: u.name.as_str().into(), forwarder, credential, min_token_age: u.min_token_age });
     }
     let router = route::Router::new(&config.routes, |name| upstreams.iter().position(|u| &*u.name == name));
     let gw = Arc::new(Gateway {
@@ -113,6 +113,7 @@ pub async fn run(config: Config, listeners: Listeners, hup: Arc<Notify>, shutdow
         audit: sink.clone(),
         metrics,
         request_ids: RequestIds::new(),
+        body_timeout: config.limits.body_timeout,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     gw.authn.start(stop_rx.clone());
@@ -128,7 +129,7 @@ pub async fn run(config: Config, listeners: Listeners, hup: Arc<Notify>, shutdow
     let admin_addr = listeners.admin.as_ref().and_then(|a| a.local_addr().ok()).map_or_else(|| "none".to_owned(), |a| a.to_string());
     if let Some(admin) = listeners.admin {
         let mut stopped = stop_rx.clone();
-        tokio::spawn(admin::serve(admin, gw.clone(), async move {
+        tokio::spawn(admin::serve(admin, gw.clone(), config.limits.header_timeout, async move {
             let _ = stopped.changed().await;
         }));
     }
@@ -155,9 +156,6 @@ pub async fn run(config: Config, listeners: Listeners, hup: Arc<Notify>, shutdow
 struct AuditObserver {
     sink: AuditSink,
     metrics: Arc<metrics::Metrics>,
-    /// The main runtime, which outlives the workers' event loops: a record
-    /// handed over during shutdown is still written.
-    runtime: tokio::runtime::Handle,
 }
 
 impl RefreshObserver for AuditObserver {
@@ -170,11 +168,8 @@ impl RefreshObserver for AuditObserver {
             expires_at: event.expires_at,
             error: event.error,
         };
-        let sink = self.sink.clone();
-        self.runtime.spawn(async move {
-            if sink.send(AuditEvent::CredentialRefresh(record)).await.is_err() {
-                tracing::error!("audit writer is gone; credential_refresh record lost");
-            }
-        });
+        if self.sink.send(AuditEvent::CredentialRefresh(record)).is_err() {
+            tracing::error!("audit writer is gone; credential_refresh record lost");
+        }
     }
 }

@@ -192,7 +192,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             writeln!(std::io::stdout(), "dev CA {} and certificate {} are ready", certs.ca.display(), certs.cert.display())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Dev { port, admin_port, .. } => runtime()?.block_on(gatehouse::dev::run(port, admin_port)).map(|()| ExitCode::SUCCESS),
+        Command::Dev { port, admin_port, .. } => runtime()?.block_on(async move {
+            let hup = Arc::new(tokio::sync::Notify::new());
+            let shutdown = signals(hup.clone())?;
+            gatehouse::dev::run(port, admin_port, hup, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
     }
 }
 
@@ -340,7 +345,7 @@ fn explain(path: &std::path::Path, method: &str, raw_path: &str, host: Option<&s
         }
     };
     let method = method.to_ascii_uppercase();
-    let explanation = set.explain(&AccessRequest { route: &route, method: &method, path: &norm, subject: &subject });
+    let explanation = set.explain(&AccessRequest { route: &route, method: &method, path: &norm, fold_case: false, subject: &subject });
     if json {
         writeln!(out, "{}", explanation.to_json())?;
     } else {

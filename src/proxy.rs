@@ -7,24 +7,22 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::audit::{AuditDecision, AuditEvent, AuditSink, AuditSlot, Identity, RequestRecord};
+use crate::audit::{AuditDecision, AuditEvent, AuditSink, Identity, Refused, RequestRecord};
 use crate::authn::{Authenticated, Authenticator};
 use crate::authz::{AccessRequest, Effect, PolicySet};
-use crate::body::{self, Counted, ProxyBody, StreamEnd, Tracked};
-use crate::credential::UpstreamCredential;
+use crate::body::{self, Inbound, InboundState, ProxyBody, StreamEnd, Tracked};
+use crate::credential::{Caller, UpstreamCredential};
 use crate::error::ProxyError;
 use crate::forward::{Added, ForwardError, Forwarder, UpstreamBody, X_REQUEST_ID, strip_hop_by_hop, upstream_headers};
 use crate::metrics::Metrics;
-use crate::request::RequestMeta;
+use crate::request::{RequestMeta, check_ambiguity};
 use crate::route::Router;
 
 /// Bodies up to this size are kept so a request can be retried once (SPEC §4).
@@ -35,6 +33,8 @@ pub struct Upstream {
     pub name: Arc<str>,
     pub forwarder: Forwarder,
     pub credential: UpstreamCredential,
+    /// A token younger than this is not refetched after a 401.
+    pub min_token_age: Duration,
 }
 
 /// Everything the request path reads. Hot state that changes at run time
@@ -47,6 +47,8 @@ pub struct Gateway {
     pub audit: AuditSink,
     pub metrics: Arc<Metrics>,
     pub request_ids: RequestIds,
+    /// Longest wait for the next piece of a caller's request body.
+    pub body_timeout: Duration,
 }
 
 /// What the server knows about the caller's connection.
@@ -58,13 +60,18 @@ pub struct ConnInfo {
 /// Handles one request; never fails: errors become answers.
 pub async fn handle(gw: Arc<Gateway>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ProxyBody> {
     let request_id = gw.request_ids.next();
-    let mut record = match gw.audit.reserve_or_unavailable().await {
-        Ok(slot) => Record::new(gw.clone(), slot, &conn, &req, &request_id),
-        Err(_) => return ProxyError::AuditUnavailable.into_response(&request_id),
-    };
+    // Waits only while the writer drains a full queue; refused at once while
+    // the log cannot be written: nothing is served unaudited.
+    let admitted = gw.audit.admit().await;
+    if admitted == Err(Refused::WithoutRecord) {
+        return ProxyError::AuditUnavailable.into_response(&request_id);
+    }
+    let mut record = Record::new(gw.clone(), &conn, &req, &request_id);
     let header_id = HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("invalid"));
-    let outcome =
-        if gw.audit.healthy() { pipeline(&gw, &conn, req, &header_id, &mut record).await } else { Err(ProxyError::AuditUnavailable) };
+    let outcome = match admitted {
+        Ok(()) => pipeline(&gw, &conn, req, &header_id, &mut record).await,
+        Err(_) => Err(ProxyError::AuditUnavailable),
+    };
     match outcome {
         Ok(resp) => {
             let status = resp.status();
@@ -75,8 +82,10 @@ pub async fn handle(gw: Arc<Gateway>, conn: Arc<ConnInfo>, req: Request<Incoming
             Response::from_parts(parts, body::boxed(tracked))
         }
         Err(e) => {
+            e.log(&request_id);
             let resp = e.into_response(&request_id);
-            record.finish(resp.status(), Some(e.reason()), 0, StreamEnd::Complete);
+            let bytes_out = resp.body().size_hint().exact().unwrap_or(0);
+            record.finish(resp.status(), Some(e.reason()), bytes_out, StreamEnd::Complete);
             resp
         }
     }
@@ -94,6 +103,7 @@ async fn pipeline(
     let route = gw.router.find(meta.host.as_deref(), &meta.path).map_err(ProxyError::NoRoute)?;
     let upstream = &gw.upstreams[route.upstream_index];
     record.route(&route.name, &upstream.name);
+    check_ambiguity(&meta.path, route.allow).map_err(ProxyError::BadRequest)?;
     let caller = match gw.authn.authenticate(req.headers()).await {
         Ok(c) => c,
         Err(e) => {
@@ -104,17 +114,28 @@ async fn pipeline(
     };
     record.identity(&caller);
     let subject = &caller.principal.subject;
-    let access = AccessRequest { route: &route.name, method: meta.method.as_str(), path: &meta.path, subject };
+    let folded;
+    let policy_path = if route.case_insensitive {
+        folded = meta.path.to_ascii_lowercase();
+        &folded
+    } else {
+        &meta.path
+    };
+    let access =
+        AccessRequest { route: &route.name, method: meta.method.as_str(), path: policy_path, fold_case: route.case_insensitive, subject };
     let decision = gw.policies.load().authorize(&access);
     record.rule(decision.rule.as_str());
     if decision.effect != Effect::Allow {
         return Err(ProxyError::Forbidden(decision));
     }
     record.allowed();
-    let caller_key = (subject.iss.as_str(), subject.sub.as_str());
-    let credential = upstream.credential.header(&caller.token, caller_key).await.map_err(ProxyError::Credential)?;
+    let who = Caller { iss: &subject.iss, sub: &subject.sub, client_id: caller.principal.client_id.as_deref() };
+    let credential = upstream.credential.header(&caller.token, who).await.map_err(ProxyError::Credential)?;
     let sent_value = credential.as_ref().map(|(_, v)| v.clone());
-    let uri = upstream.forwarder.uri(&route.upstream_path(&meta.path), meta.query.as_deref()).map_err(ProxyError::Forward)?;
+    let uri = upstream
+        .forwarder
+        .uri(&route.upstream_path(&meta.path), meta.query.as_deref())
+        .map_err(|e| ProxyError::Internal(format!("cannot build the upstream URI: {e}")))?;
     let (mut parts, incoming) = req.into_parts();
     upstream_headers(
         &mut parts.headers,
@@ -128,73 +149,62 @@ async fn pipeline(
         },
     );
     parts.uri = uri;
-    let counted = Counted::new(incoming, record.bytes_in.clone());
-    if !upstream.credential.is_oauth() {
-        let req = Request::from_parts(parts, body::boxed(counted));
-        return upstream.forwarder.send(req).await.map_err(ProxyError::Forward);
+    // OAuth credentials: an upstream 401 means our token was refused; a
+    // body known to be small is copied while it streams, for one retry.
+    let oauth = upstream.credential.is_oauth();
+    let small = incoming.is_end_stream() || incoming.size_hint().upper().is_some_and(|n| n <= REPLAY_LIMIT);
+    let keep = if oauth && small { REPLAY_LIMIT as usize } else { 0 };
+    let inbound = body::boxed(Inbound::new(incoming, record.inbound.clone(), gw.body_timeout, keep));
+    if !oauth {
+        return send(upstream, Request::from_parts(parts, inbound), &record.inbound).await;
     }
-    // OAuth credentials: an upstream 401 means our token was refused; fetch
-    // a fresh one and retry once if the body can be replayed (SPEC §4).
-    let (first_body, kept) = replayable(counted).await?;
-    let first = Request::from_parts(parts.clone(), first_body);
-    let resp = upstream.forwarder.send(first).await.map_err(ProxyError::Forward)?;
+    let resp = send(upstream, Request::from_parts(parts.clone(), inbound), &record.inbound).await?;
     if resp.status() != StatusCode::UNAUTHORIZED {
         return Ok(resp);
     }
-    // Drop the refused token only if it is still the cached one: a late 401
-    // must not throw away a token fetched since.
-    match &sent_value {
-        Some(v) => upstream.credential.invalidate_value(caller_key, v),
-        None => upstream.credential.invalidate(caller_key),
-    }
-    let Some(bytes) = kept else { return Err(ProxyError::Forward(ForwardError::CredentialRejected)) };
+    // Drop the refused token only if it is still the cached one (a late 401
+    // must not throw away a token fetched since) and old enough: a caller
+    // who can provoke 401s must not cause a token request per request.
+    let dropped = sent_value.is_some_and(|v| upstream.credential.invalidate_value(who, &v, upstream.min_token_age));
+    let replay = if dropped { record.inbound.replay() } else { None };
+    let Some(bytes) = replay else { return Err(ProxyError::Forward(ForwardError::CredentialRejected)) };
     drop(resp);
-    let fresh = upstream.credential.header(&caller.token, caller_key).await.map_err(ProxyError::Credential)?;
+    let fresh = upstream.credential.header(&caller.token, who).await.map_err(ProxyError::Credential)?;
     if let Some((name, value)) = fresh {
         parts.headers.insert(name, value);
     }
-    let retry = Request::from_parts(parts, body::full(bytes));
-    let resp = upstream.forwarder.send(retry).await.map_err(ProxyError::Forward)?;
+    let resp = send(upstream, Request::from_parts(parts, body::full(bytes)), &record.inbound).await?;
     if resp.status() == StatusCode::UNAUTHORIZED {
         return Err(ProxyError::Forward(ForwardError::CredentialRejected));
     }
     Ok(resp)
 }
 
-/// The body to send first and, when it is known to be at most
-/// [`REPLAY_LIMIT`] bytes (empty, or a length within the limit), a copy
-/// kept for one retry. Larger or unknown-length bodies stream and are not
-/// retried.
-async fn replayable(body: Counted<Incoming>) -> Result<(ProxyBody, Option<Bytes>), ProxyError> {
-    let small = body.is_end_stream() || body.size_hint().upper().is_some_and(|n| n <= REPLAY_LIMIT);
-    if !small {
-        return Ok((body::boxed(body), None));
-    }
-    match Limited::new(body, REPLAY_LIMIT as usize).collect().await {
-        Ok(collected) => {
-            let bytes = collected.to_bytes();
-            Ok((body::full(bytes.clone()), Some(bytes)))
-        }
-        Err(e) => Err(ProxyError::Forward(ForwardError::Unreachable(format!("reading the request body: {e}")))),
-    }
+/// Forwards, blaming the caller when its own request body failed (it went
+/// away, broke the framing or stalled) rather than the upstream.
+async fn send(upstream: &Upstream, req: Request<ProxyBody>, inbound: &InboundState) -> Result<Response<UpstreamBody>, ProxyError> {
+    upstream.forwarder.send(req).await.map_err(|e| match inbound.failure() {
+        Some(failure) => ProxyError::CallerBody(failure),
+        None => ProxyError::Forward(e),
+    })
 }
 
 /// The audit record of one request, filled in as the stages pass, and
 /// written exactly once: by `finish`, or on drop if the caller went away.
 struct Record {
     gw: Arc<Gateway>,
-    slot: Option<AuditSlot>,
+    written: bool,
     rec: RequestRecord,
     started: Instant,
-    bytes_in: Arc<AtomicU64>,
+    inbound: Arc<InboundState>,
 }
 
 impl Record {
-    fn new<B>(gw: Arc<Gateway>, slot: AuditSlot, conn: &ConnInfo, req: &Request<B>, request_id: &str) -> Self {
+    fn new<B>(gw: Arc<Gateway>, conn: &ConnInfo, req: &Request<B>, request_id: &str) -> Self {
         gw.metrics.requests_in_flight.fetch_add(1, Ordering::Relaxed);
         Self {
             gw,
-            slot: Some(slot),
+            written: false,
             rec: RequestRecord {
                 request_id: request_id.to_owned(),
                 client_addr: conn.peer.to_string(),
@@ -204,7 +214,7 @@ impl Record {
                 ..empty_record()
             },
             started: Instant::now(),
-            bytes_in: Arc::new(AtomicU64::new(0)),
+            inbound: Arc::new(InboundState::default()),
         }
     }
 
@@ -248,22 +258,26 @@ impl Record {
     }
 
     fn write(&mut self) {
-        let Some(slot) = self.slot.take() else { return };
+        if std::mem::replace(&mut self.written, true) {
+            return;
+        }
         let elapsed = self.started.elapsed();
-        self.rec.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        self.rec.bytes_in = self.inbound.bytes();
         self.rec.duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         let allowed = self.rec.decision == AuditDecision::Allow;
         self.gw.metrics.request(self.rec.route.as_deref(), allowed, self.rec.status, elapsed);
         self.gw.metrics.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
         let rec = std::mem::replace(&mut self.rec, empty_record());
-        slot.send(AuditEvent::Request(rec));
+        if self.gw.audit.send(AuditEvent::Request(rec)).is_err() {
+            tracing::error!("audit writer is gone; request record lost");
+        }
     }
 }
 
 impl Drop for Record {
     /// The caller went away before an answer was produced.
     fn drop(&mut self) {
-        if self.slot.is_some() {
+        if !self.written {
             self.rec.status = 499;
             self.rec.reason = Some("client_closed");
             self.write();

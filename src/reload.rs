@@ -76,7 +76,7 @@ pub async fn reload(gw: &Gateway, dir: &Path, routes: &[String]) {
         }
         Err(e) => ReloadRecord { outcome: Outcome::Error, error: Some(format!("policy loader failed: {e}")), detail: None },
     };
-    if gw.audit.send(AuditEvent::PolicyReload(record)).await.is_err() {
+    if gw.audit.send(AuditEvent::PolicyReload(record)).is_err() {
         tracing::error!("audit writer is gone; policy_reload record lost");
     }
 }

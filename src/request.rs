@@ -33,6 +33,12 @@ pub enum RequestError {
     ForeignAuthority,
     Connect,
     Asterisk,
+    /// A segment carries `;` parameters (Tomcat, Jetty and Spring drop them).
+    PathParams,
+    /// A segment ends in `.` or a space (IIS and Windows drop them).
+    TrailingDotOrSpace,
+    /// `%25`: a second decoding by the upstream would read another path.
+    EncodedPercent,
 }
 
 impl fmt::Display for RequestError {
@@ -48,6 +54,9 @@ impl fmt::Display for RequestError {
             Self::ForeignAuthority => "an absolute-form target must name the same authority as the Host header",
             Self::Connect => "CONNECT (authority-form) is not supported",
             Self::Asterisk => "asterisk-form (OPTIONS *) is not supported",
+            Self::PathParams => "a path segment carries ; parameters, which upstream frameworks read differently",
+            Self::TrailingDotOrSpace => "a path segment ends in a dot or a space, which upstream servers read differently",
+            Self::EncodedPercent => "the path contains an encoded % (%25), which a second decoding would turn into another path",
         })
     }
 }
@@ -82,14 +91,45 @@ impl RequestMeta {
     }
 }
 
-/// Lower-cased host with any port removed (`[::1]:8443` → `[::1]`).
+/// Lower-cased host with any port and any trailing dot removed
+/// (`[::1]:8443` → `[::1]`, `API.internal.:443` → `api.internal`): a fully
+/// qualified name is the same host as the name without its root dot.
 pub fn host_without_port(authority: &str) -> String {
     let host = if authority.starts_with('[') {
         authority.find(']').map_or(authority, |i| &authority[..=i])
     } else {
         authority.rsplit_once(':').map_or(authority, |(h, _)| h)
     };
-    host.to_ascii_lowercase()
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
+}
+
+/// What a route may let through of the path spellings that upstream
+/// frameworks read differently from the policy (refused by default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathAllowances {
+    /// `;` parameters in a segment (`allow_path_params`).
+    pub path_params: bool,
+    /// `%25` anywhere in the path (`allow_encoded_percent`).
+    pub encoded_percent: bool,
+}
+
+/// Refuses, unless `allow` lets it through, a normalized path that some
+/// upstream would read as another path than the policy did: a segment with
+/// `;` parameters, a segment ending in `.` or a space, an encoded `%`.
+pub fn check_ambiguity(path: &str, allow: PathAllowances) -> Result<(), RequestError> {
+    if !allow.encoded_percent && path.contains("%25") {
+        return Err(RequestError::EncodedPercent);
+    }
+    for segment in path.split('/') {
+        if !allow.path_params && segment.contains(';') {
+            return Err(RequestError::PathParams);
+        }
+        // "." and ".." were resolved by normalization and cannot remain.
+        if segment.ends_with('.') || segment.ends_with("%20") {
+            return Err(RequestError::TrailingDotOrSpace);
+        }
+    }
+    Ok(())
 }
 
 /// SPEC §4 normalization, in order: decode escapes of unreserved characters,
@@ -159,9 +199,15 @@ fn decode_unreserved(raw: &str) -> Result<String, RequestError> {
             b'\\' => return Err(RequestError::Backslash),
             b'#' => return Err(RequestError::Fragment),
             0x00..=0x1f | 0x7f => return Err(RequestError::ControlCharacter),
+            0x80..=0xff => {
+                // Raw bytes of UTF-8 (or anything else) are forwarded
+                // percent-encoded once, never re-read as Latin-1 characters.
+                out.push('%');
+                out.push(char::from(HEX_UPPER[usize::from(b >> 4)]));
+                out.push(char::from(HEX_UPPER[usize::from(b & 0x0f)]));
+                i += 1;
+            }
             _ => {
-                // Multi-byte UTF-8 cannot appear here: http::Uri only holds
-                // visible ASCII in the path. Push byte-wise for safety.
                 out.push(char::from(b));
                 i += 1;
             }
@@ -204,6 +250,8 @@ mod tests {
             ("/x%3a%3Ay", "/x%3A%3Ay"),
             ("/sp%20ace", "/sp%20ace"),
             ("/%7e~", "/~~"),
+            ("/caf\u{e9}", "/caf%C3%A9"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
         ];
         for (raw, want) in ok {
             assert_eq!(normalize_path(raw).as_deref(), Ok(want), "{raw}");
@@ -256,5 +304,28 @@ mod tests {
         assert_eq!(meta.query.as_deref(), Some("x=%2F&y=1"));
         assert_eq!(host_without_port("[::1]:8443"), "[::1]");
         assert_eq!(host_without_port("Api.Example:1"), "api.example");
+        assert_eq!(host_without_port("api.internal.:8443"), "api.internal");
+        assert_eq!(host_without_port("api.internal."), "api.internal");
+    }
+
+    #[test]
+    fn ambiguous_spellings_are_refused_unless_the_route_allows_them() {
+        let strict = PathAllowances::default();
+        let cases = [
+            ("/echo/admin;x=1/users", Err(RequestError::PathParams)),
+            ("/echo/admin;/users", Err(RequestError::PathParams)),
+            ("/echo/admin./users", Err(RequestError::TrailingDotOrSpace)),
+            ("/echo/admin%20/users", Err(RequestError::TrailingDotOrSpace)),
+            ("/echo/%252e%252e/admin", Err(RequestError::EncodedPercent)),
+            ("/echo/a.b/c", Ok(())),
+            ("/echo/a%20b", Ok(())),
+        ];
+        for (raw, want) in cases {
+            let path = normalize_path(raw).unwrap();
+            assert_eq!(check_ambiguity(&path, strict), want, "{raw}");
+        }
+        let lax = PathAllowances { path_params: true, encoded_percent: true };
+        assert_eq!(check_ambiguity("/echo/a;b/c%25", lax), Ok(()));
+        assert_eq!(check_ambiguity("/echo/a./c", lax), Err(RequestError::TrailingDotOrSpace));
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::config::RouteSettings;
+use crate::request::PathAllowances;
 
 /// A configured route, ready to match.
 #[derive(Debug)]
@@ -12,6 +13,10 @@ pub struct Route {
     pub upstream: Arc<str>,
     pub strip_prefix: bool,
     pub host: Option<String>,
+    /// Path spellings this route lets through (refused by default).
+    pub allow: PathAllowances,
+    /// Policy globs match this route's paths without regard to ASCII case.
+    pub case_insensitive: bool,
     /// Index of the upstream in the gateway's upstream table.
     pub upstream_index: usize,
 }
@@ -47,6 +52,8 @@ impl Router {
                     upstream: s.upstream.as_str().into(),
                     strip_prefix: s.strip_prefix,
                     host: s.host.clone(),
+                    allow: s.allow,
+                    case_insensitive: s.case_insensitive,
                     upstream_index: upstream_index(&s.upstream)?,
                 }))
             })
@@ -100,6 +107,8 @@ mod tests {
             upstream: "u".into(),
             strip_prefix: strip,
             host: host.map(str::to_owned),
+            allow: PathAllowances::default(),
+            case_insensitive: false,
         }
     }
 

@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use crate::body::{Holding, ProxyBody};
+use crate::body::ProxyBody;
 use crate::config::Limits;
 use crate::proxy::{ConnInfo, Gateway, handle};
 use crate::tls::TlsSource;
@@ -237,8 +237,63 @@ struct Caller {
     activity: Arc<Activity>,
 }
 
-/// A response body that keeps its request in flight until it has been sent.
-type CallerBody = Holding<ProxyBody, InFlight>;
+/// A response body on its way to the caller: keeps its request in flight
+/// until it has been sent, and tells the connection's write deadline when
+/// the caller has not taken the last piece handed to hyper (a caller that
+/// does not read, or keeps its HTTP/2 window shut, leaves hyper no reason
+/// to ask for the next piece).
+struct CallerBody {
+    body: ProxyBody,
+    flight: InFlight,
+    /// A piece was handed over (or the answer is new) and hyper has not
+    /// asked for the next one yet.
+    waiting: bool,
+}
+
+impl CallerBody {
+    fn new(body: ProxyBody, flight: InFlight) -> Self {
+        flight.0.waiting.fetch_add(1, Ordering::Relaxed);
+        flight.0.progress();
+        Self { body, flight, waiting: true }
+    }
+}
+
+impl http_body::Body for CallerBody {
+    type Data = Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let activity = &this.flight.0;
+        activity.progress();
+        if this.waiting {
+            this.waiting = false;
+            activity.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            this.waiting = true;
+            activity.waiting.fetch_add(1, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for CallerBody {
+    fn drop(&mut self) {
+        if self.waiting {
+            self.flight.0.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
 
 impl hyper::service::Service<Request<Incoming>> for Caller {
     type Response = Response<CallerBody>;
@@ -256,7 +311,7 @@ impl hyper::service::Service<Request<Incoming>> for Caller {
         let (gw, info) = (self.gw.clone(), self.info.clone());
         Box::pin(async move {
             let resp = handle(gw, info, req).await;
-            Ok(resp.map(|body| Holding::new(body, guard)))
+            Ok(resp.map(|body| CallerBody::new(body, guard)))
         })
     }
 }
@@ -268,7 +323,9 @@ struct Connection {
 }
 
 /// Requests in flight on one connection, how many have started, and when
-/// the last one started or ended: for the idle and request-head timeouts.
+/// the last one started or ended: for the idle and request-head timeouts;
+/// answers waiting for the caller to read, and when one last moved: for
+/// the write timeout.
 struct Activity {
     in_flight: AtomicUsize,
     started: AtomicU64,
@@ -276,6 +333,10 @@ struct Activity {
     /// arrived with no request in flight), 0 otherwise.
     head: AtomicU64,
     last_ms: AtomicU64,
+    /// Answers whose last piece the caller has not taken yet.
+    waiting: AtomicUsize,
+    /// When hyper last asked an answer of this connection for a piece.
+    progress_ms: AtomicU64,
     epoch: Instant,
 }
 
@@ -286,12 +347,30 @@ impl Activity {
             started: AtomicU64::new(0),
             head: AtomicU64::new(0),
             last_ms: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
+            progress_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     fn touch(&self) {
-        self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn progress(&self) {
+        self.progress_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long an answer has waited for the caller to read it, if one does.
+    fn write_stalled_for(&self) -> Option<Duration> {
+        if self.waiting.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        Some(Duration::from_millis(self.now_ms().saturating_sub(self.progress_ms.load(Ordering::Relaxed))))
     }
 
     fn idle_for(&self) -> Option<Duration> {
@@ -516,8 +595,8 @@ impl Connection {
     /// it has idled for `release`.
     async fn drive(&mut self, conn: &mut dyn ServedConnection, activity: &Activity, release: Option<Duration>) -> Ended {
         let limits = &self.shared.limits;
-        let (idle_timeout, drain_timeout) = (limits.idle_timeout, limits.drain_timeout);
-        let busy_wait = release.map_or(idle_timeout, |r| r.min(idle_timeout));
+        let (idle_timeout, drain_timeout, write_timeout) = (limits.idle_timeout, limits.drain_timeout, limits.write_timeout);
+        let busy_wait = release.map_or(idle_timeout, |r| r.min(idle_timeout)).min(write_timeout);
         // One timer per connection, set to the next moment something may be
         // due (not a periodic tick: 10,000 idle connections must cost nothing).
         let timer = tokio::time::sleep(busy_wait);
@@ -549,7 +628,16 @@ impl Connection {
                         return Ended::Dropped;
                     }
                     let Some(idle) = activity.idle_for() else {
-                        timer.as_mut().reset(now + busy_wait);
+                        // A caller that does not take its answers holds
+                        // streams and upstream connections: it is cut off.
+                        // (Per connection: on HTTP/2, one stream that moves
+                        // keeps the others' clock at zero.)
+                        let stalled = activity.write_stalled_for().unwrap_or_default();
+                        if stalled >= write_timeout {
+                            tracing::debug!(peer = %self.info.peer, ?stalled, "the caller did not read its answer in time; connection closed");
+                            return Ended::Dropped;
+                        }
+                        timer.as_mut().reset(now + busy_wait.min(write_timeout - stalled));
                         continue;
                     };
                     if idle >= idle_timeout {

@@ -31,7 +31,9 @@ use serde_json::Value;
 const KEY_ENV: &str = "GATEHOUSE_STORE_KEY";
 
 /// One upstream `name` behind `/name/`, the API of `api`, with an OAuth
-/// credential of `kind` authenticating as `api`'s client.
+/// credential of `kind` authenticating as `api`'s client. Its tokens may be
+/// refetched after a 401 at any age (`min_token_age_ms = 0`), so that tests
+/// can revoke a token just fetched.
 fn oauth_upstream(env: &TestEnv, api: &OAuthApi, name: &str, kind: &str, auth_method: &str) -> String {
     std::fs::create_dir_all(env.path("secrets")).unwrap();
     std::fs::write(env.path(&format!("secrets/{name}")), format!("{}\n", api.client_secret())).unwrap();
@@ -40,6 +42,7 @@ fn oauth_upstream(env: &TestEnv, api: &OAuthApi, name: &str, kind: &str, auth_me
 [[upstream]]
 name = "{name}"
 url = "{url}"
+min_token_age_ms = 0
 [upstream.credential]
 kind = "{kind}"
 token_url = "{token_url}"
@@ -456,6 +459,27 @@ async fn api_refusing_every_token_gets_502_upstream_credential_rejected_after_on
     assert!(presented[1..].iter().all(|p| p.verdict == Verdict::Refused));
     assert_ne!(presented[1].token, presented[2].token, "the retry used a fresh token");
     assert_eq!(api.count("client_credentials"), 2);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_401_storm_on_a_fresh_token_gets_502_at_once_and_makes_no_token_request() {
+    let env = TestEnv::new().await;
+    let api = OAuthApi::start().await;
+    env.write_policy("all.toml", ALLOW_ALL);
+    let upstream = oauth_upstream(&env, &api, "crm", "client_credentials", "client_secret_basic").replace("min_token_age_ms = 0\n", "");
+    let proxy = Proxy::start(&env.write_config(&upstream)).await;
+    let c = client::h1(&env.certs.ca);
+    let token = env.token("svc-a", "test");
+    let first = token_seen(&get(&c, proxy.addr, "/crm/x", Some(&token)).await);
+    api.revoke(&first);
+    for i in 0..50 {
+        let r = get(&c, proxy.addr, &format!("/crm/y{i}"), Some(&token)).await;
+        assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["error"], "upstream_credential_rejected");
+    }
+    assert_eq!(api.count("client_credentials"), 1, "a token younger than 5 s is not refetched for a 401");
+    assert_eq!(api.presented().len(), 51, "no retries either");
     proxy.stop().await;
 }
 

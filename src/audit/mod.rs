@@ -3,12 +3,12 @@
 //!
 //! The proxy opens the log once with [`open`], spawns [`AuditWriter::run`],
 //! and hands clones of the [`AuditSink`] to the request path, which calls
-//! [`AuditSink::reserve`] before doing work and [`AuditSlot::send`] when the
+//! [`AuditSink::admit`] before doing work and [`AuditSink::send`] when the
 //! request completes (also from `Drop`, so an aborted request is recorded).
 //!
 //! Each record is one JSON line; see [`encode_record`] for the exact layout
 //! and chaining. Records are stamped with `ts` when they enter the writer
-//! queue, which is at request completion for reserved slots. Records from
+//! queue, which is at request completion for requests. Records from
 //! concurrent requests may therefore appear with `ts` a few microseconds out
 //! of order; the file order (and the chain) is the order of arrival.
 
@@ -24,6 +24,6 @@ pub use event::{
 pub use query::{QueryFilter, QueryOutput, query};
 pub use verify::{VerifyError, VerifySummary, verify_files};
 pub use writer::{
-    AuditClosed, AuditConfig, AuditPath, AuditSink, AuditSlot, AuditWriter, DEFAULT_CHANNEL_CAPACITY, DEFAULT_MAX_FILE_BYTES, open,
+    AuditClosed, AuditConfig, AuditPath, AuditSink, AuditWriter, DEFAULT_CHANNEL_CAPACITY, DEFAULT_MAX_FILE_BYTES, Refused, open,
     rotated_files,
 };

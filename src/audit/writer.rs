@@ -1,28 +1,38 @@
 //! The audit writer: one task that chains, batches, writes and rotates records.
 //!
-//! Producers hold an [`AuditSink`] (a bounded queue sender). The single
-//! [`AuditWriter`] task encodes each record with the hash of the one before,
-//! collects what is queued into one batch, and hands the batch to a blocking
-//! thread that writes it. A batch is written as soon as the queue is
-//! momentarily empty (still empty after one scheduler turn, so that
-//! concurrent producers share a batch), when it reaches 256 KiB, or after
-//! 50 ms of continuous draining, whichever comes first.
+//! Producers hold an [`AuditSink`]. The single [`AuditWriter`] task encodes
+//! each record with the hash of the one before, collects what is queued into
+//! one batch, and hands the batch to a blocking thread that writes it. A
+//! batch is written as soon as the queue is momentarily empty (still empty
+//! after one scheduler turn, so that concurrent producers share a batch),
+//! when it reaches 256 KiB, or after 50 ms of continuous draining, whichever
+//! comes first.
+//!
+//! Capacity is taken only when a record is written, never held by a request
+//! in flight: a request is admitted ([`AuditSink::admit`]) while fewer than
+//! `channel_capacity` records wait for the writer, and its record is queued
+//! ([`AuditSink::send`]) without waiting when it completes. So the queue holds
+//! at most the capacity plus one record per request in flight (bounded by the
+//! connection and stream limits), and the only wait is for the writer to
+//! drain: nothing a caller does (a body never sent, an answer never read)
+//! can take room other callers need.
 //!
 //! The batch buffer plays the part of a `BufWriter`, but tracks exactly how
 //! many bytes reached the OS: after a failed or partial write, the retry
 //! resumes at the first unwritten byte, so no record is lost or duplicated.
-//! While writes fail the writer stops taking from the queue; once the queue is
-//! full, producers wait in [`AuditSink::reserve`]: a request waits rather than
-//! goes unrecorded.
+//! While writes fail the writer stops taking from the queue and the log is
+//! unhealthy: new requests are refused at once (503), never served unaudited.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::event::{AuditEvent, ChainHash, encode_record};
@@ -69,7 +79,8 @@ pub struct AuditConfig {
     pub path: AuditPath,
     /// The file is rotated once it exceeds this many bytes.
     pub max_file_bytes: u64,
-    /// How many records may wait for the writer before producers wait (at least 1).
+    /// How many records may wait for the writer before new requests wait
+    /// for room (at least 1).
     pub channel_capacity: usize,
 }
 
@@ -92,6 +103,15 @@ impl fmt::Display for AuditClosed {
 
 impl std::error::Error for AuditClosed {}
 
+/// Why a request is not admitted: the log cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// There is room to hold the refusal's own record until the log is writable.
+    WithRecord,
+    /// The queue is full too: the refusal is answered without a record.
+    WithoutRecord,
+}
+
 /// What travels from the sinks to the writer.
 #[expect(clippy::large_enum_variant, reason = "almost every message is a record; boxing it would add an allocation per request")]
 enum Message {
@@ -104,20 +124,29 @@ enum Message {
 /// The producer side of the audit log. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditSink {
-    queue: mpsc::Sender<Message>,
+    queue: mpsc::UnboundedSender<Message>,
+    room: Arc<Room>,
     health: watch::Receiver<bool>,
 }
 
-/// Room for one record in the writer queue, reserved ahead of time.
-///
-/// Dropping a slot without sending gives the room back.
-pub struct AuditSlot {
-    permit: mpsc::OwnedPermit<Message>,
+/// How many records wait for the writer, and a wake-up for requests that
+/// wait for that number to drop below the capacity.
+struct Room {
+    queued: AtomicUsize,
+    capacity: usize,
+    freed: Notify,
+}
+
+impl Room {
+    fn full(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) >= self.capacity
+    }
 }
 
 /// The task side of the audit log; drive it with [`AuditWriter::run`].
 pub struct AuditWriter {
-    queue: mpsc::Receiver<Message>,
+    queue: mpsc::UnboundedReceiver<Message>,
+    room: Arc<Room>,
     health: watch::Sender<bool>,
     output: Output,
     head: ChainHash,
@@ -139,11 +168,13 @@ pub fn open(cfg: &AuditConfig) -> io::Result<(AuditSink, AuditWriter)> {
 }
 
 fn assemble(target: Target, head: ChainHash, max_file_bytes: u64, capacity: usize) -> (AuditSink, AuditWriter) {
-    let (queue_tx, queue_rx) = mpsc::channel(capacity.max(1));
+    let (queue_tx, queue_rx) = mpsc::unbounded_channel();
     let (health_tx, health_rx) = watch::channel(true);
-    let sink = AuditSink { queue: queue_tx, health: health_rx };
+    let room = Arc::new(Room { queued: AtomicUsize::new(0), capacity: capacity.max(1), freed: Notify::new() });
+    let sink = AuditSink { queue: queue_tx, room: room.clone(), health: health_rx };
     let writer = AuditWriter {
         queue: queue_rx,
+        room,
         health: health_tx,
         output: Output { target, pending: Vec::with_capacity(BATCH_BYTES + 4096), written: 0, rotate_due: false, max_file_bytes },
         head,
@@ -153,32 +184,40 @@ fn assemble(target: Target, head: ChainHash, max_file_bytes: u64, capacity: usiz
 }
 
 impl AuditSink {
-    /// Reserves room for one record. Awaits when the queue is full: requests
-    /// wait rather than go unrecorded.
-    pub async fn reserve(&self) -> Result<AuditSlot, AuditClosed> {
-        let permit = self.queue.clone().reserve_owned().await.map_err(|_| AuditClosed)?;
-        Ok(AuditSlot { permit })
+    /// Admits a request: at once while the log is writable and the queue has
+    /// room; while it is writable but full, waits for the writer to drain
+    /// (requests wait rather than go unrecorded, and only the disk decides
+    /// how long). Refused at once while the log cannot be written.
+    pub async fn admit(&self) -> Result<(), Refused> {
+        loop {
+            if !self.healthy() {
+                return Err(if self.room.full() { Refused::WithoutRecord } else { Refused::WithRecord });
+            }
+            if !self.room.full() {
+                return Ok(());
+            }
+            let freed = self.room.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if !self.room.full() {
+                continue;
+            }
+            let mut health = self.health.clone();
+            tokio::select! {
+                () = freed => {}
+                _ = health.wait_for(|healthy| !healthy) => {}
+            }
+        }
     }
 
-    /// Reserves room for a request's record, as [`Self::reserve`], but
-    /// gives up as soon as the log is unwritable and the queue is full: the
-    /// caller then answers 503 at once instead of waiting for the disk.
-    pub async fn reserve_or_unavailable(&self) -> Result<AuditSlot, AuditClosed> {
-        if let Ok(permit) = self.queue.clone().try_reserve_owned() {
-            return Ok(AuditSlot { permit });
-        }
-        let mut health = self.health.clone();
-        tokio::select! {
-            slot = self.reserve() => slot,
-            _ = health.wait_for(|healthy| !healthy) => Err(AuditClosed),
-        }
-    }
-
-    /// Sends without a prior reservation (for refresh and reload events);
-    /// awaits room in the queue. The record's `ts` is the time it is queued.
-    pub async fn send(&self, event: AuditEvent) -> Result<(), AuditClosed> {
-        self.reserve().await?.send(event);
-        Ok(())
+    /// Queues a record, stamped with the current time. Never waits, so it
+    /// can be called from a `Drop` impl; room was taken at admission.
+    pub fn send(&self, event: AuditEvent) -> Result<(), AuditClosed> {
+        self.room.queued.fetch_add(1, Ordering::Relaxed);
+        self.queue.send(Message::Record(OffsetDateTime::now_utc(), event)).map_err(|_| {
+            self.room.queued.fetch_sub(1, Ordering::Relaxed);
+            AuditClosed
+        })
     }
 
     /// `false` while the last write failed (disk full, ...); `/readyz`
@@ -187,33 +226,23 @@ impl AuditSink {
         *self.health.borrow()
     }
 
+    /// Records waiting for the writer.
+    pub fn queued(&self) -> usize {
+        self.room.queued.load(Ordering::Relaxed)
+    }
+
     /// Resolves once every record sent before this call is written and
     /// flushed to the OS (not fsynced). Waits as long as writes fail.
     pub async fn flush(&self) -> Result<(), AuditClosed> {
         let (done_tx, done_rx) = oneshot::channel();
-        self.queue.send(Message::Flush(done_tx)).await.map_err(|_| AuditClosed)?;
+        self.queue.send(Message::Flush(done_tx)).map_err(|_| AuditClosed)?;
         done_rx.await.map_err(|_| AuditClosed)
     }
 }
 
 impl fmt::Debug for AuditSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuditSink").field("healthy", &self.healthy()).field("queue_room", &self.queue.capacity()).finish()
-    }
-}
-
-impl AuditSlot {
-    /// Queues the record, stamped with the current time. Synchronous and
-    /// infallible, so it can be called from a `Drop` impl. If the writer has
-    /// stopped meanwhile, the record is discarded with the queue.
-    pub fn send(self, event: AuditEvent) {
-        let _sender = self.permit.send(Message::Record(OffsetDateTime::now_utc(), event));
-    }
-}
-
-impl fmt::Debug for AuditSlot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AuditSlot")
+        f.debug_struct("AuditSink").field("healthy", &self.healthy()).field("queued", &self.queued()).finish()
     }
 }
 
@@ -224,20 +253,19 @@ impl fmt::Debug for AuditWriter {
 }
 
 impl AuditWriter {
-    /// Writes records until every [`AuditSink`] clone (and every
-    /// [`AuditSlot`]) is dropped, then writes what is left, syncs the file
-    /// and returns. Failed writes are retried every second, forever: a
-    /// record is never dropped.
+    /// Writes records until every [`AuditSink`] clone is dropped, then
+    /// writes what is left, syncs the file and returns. Failed writes are
+    /// retried every second, forever: a record is never dropped.
     pub async fn run(self) {
-        let Self { mut queue, health, mut output, mut head, retry_interval } = self;
+        let Self { mut queue, room, health, mut output, mut head, retry_interval } = self;
         let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
         while let Some(message) = queue.recv().await {
             let batch_started = Instant::now();
-            accept(message, &mut output, &mut head, &mut waiters);
+            let mut taken = accept(message, &mut output, &mut head, &mut waiters);
             let mut yielded = false;
             while !output.batch_full() && batch_started.elapsed() < FLUSH_INTERVAL {
                 match queue.try_recv() {
-                    Ok(message) => accept(message, &mut output, &mut head, &mut waiters),
+                    Ok(message) => taken += accept(message, &mut output, &mut head, &mut waiters),
                     // Let producers that are about to send join this batch:
                     // one scheduler turn, not a timer.
                     Err(mpsc::error::TryRecvError::Empty) if !yielded => {
@@ -247,6 +275,10 @@ impl AuditWriter {
                     Err(_) => break,
                 }
             }
+            // Encoded records are in memory, whatever the disk does next;
+            // while it fails, `admit` refuses new requests instead.
+            room.queued.fetch_sub(taken, Ordering::Relaxed);
+            room.freed.notify_waiters();
             let Some(back) = commit(output, &health, retry_interval).await else {
                 return;
             };
@@ -265,21 +297,27 @@ impl AuditWriter {
     }
 }
 
-/// Adds one message to the current batch.
-fn accept(message: Message, output: &mut Output, head: &mut ChainHash, waiters: &mut Vec<oneshot::Sender<()>>) {
+/// Adds one message to the current batch; returns how many records it took.
+fn accept(message: Message, output: &mut Output, head: &mut ChainHash, waiters: &mut Vec<oneshot::Sender<()>>) -> usize {
     match message {
-        Message::Flush(waiter) => waiters.push(waiter),
-        Message::Record(ts, event) => match encode_record(ts, &event, head, &mut output.pending) {
-            Ok(hash) => {
-                *head = hash;
-                output.note_appended();
+        Message::Flush(waiter) => {
+            waiters.push(waiter);
+            0
+        }
+        Message::Record(ts, event) => {
+            match encode_record(ts, &event, head, &mut output.pending) {
+                Ok(hash) => {
+                    *head = hash;
+                    output.note_appended();
+                }
+                Err(error) => tracing::error!(
+                    event = event.name(),
+                    %error,
+                    "audit record could not be encoded and was not written"
+                ),
             }
-            Err(error) => tracing::error!(
-                event = event.name(),
-                %error,
-                "audit record could not be encoded and was not written"
-            ),
-        },
+            1
+        }
     }
 }
 
@@ -780,7 +818,7 @@ mod tests {
         let (sink, writer) = open(cfg).unwrap();
         let task = tokio::spawn(writer.run());
         for id in ids {
-            sink.send(sample_request(id)).await.unwrap();
+            sink.send(sample_request(id)).unwrap();
         }
         drop(sink);
         task.await.unwrap();
@@ -857,27 +895,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reserved_slot_is_sent_from_drop_when_the_request_is_cancelled() {
-        struct RequestGuard(Option<AuditSlot>);
+    async fn a_record_sent_from_drop_when_the_request_is_cancelled_is_written() {
+        struct RequestGuard(AuditSink);
         impl Drop for RequestGuard {
             fn drop(&mut self) {
-                if let Some(slot) = self.0.take() {
-                    slot.send(sample_request(42));
-                }
+                self.0.send(sample_request(42)).unwrap();
             }
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let (sink, writer) = open(&config(&path, DEFAULT_MAX_FILE_BYTES)).unwrap();
         let writer = tokio::spawn(writer.run());
-        let (reserved_tx, reserved_rx) = oneshot::channel();
+        let (admitted_tx, admitted_rx) = oneshot::channel();
         let request_sink = sink.clone();
         let request = tokio::spawn(async move {
-            let _guard = RequestGuard(Some(request_sink.reserve().await.unwrap()));
-            reserved_tx.send(()).unwrap();
+            request_sink.admit().await.unwrap();
+            let _guard = RequestGuard(request_sink);
+            admitted_tx.send(()).unwrap();
             std::future::pending::<()>().await;
         });
-        reserved_rx.await.unwrap();
+        admitted_rx.await.unwrap();
         request.abort();
         assert!(request.await.unwrap_err().is_cancelled());
         sink.flush().await.unwrap();
@@ -887,24 +924,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn full_queue_makes_reserve_wait_until_the_writer_drains() {
+    async fn requests_in_flight_hold_no_room_and_a_full_queue_makes_admit_wait_for_the_writer() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let cfg = AuditConfig { channel_capacity: 1, ..config(&path, DEFAULT_MAX_FILE_BYTES) };
+        let cfg = AuditConfig { channel_capacity: 2, ..config(&path, DEFAULT_MAX_FILE_BYTES) };
         let (sink, writer) = open(&cfg).unwrap();
-        let first = sink.reserve().await.unwrap();
-        let (second, writer) = {
-            let mut second = pin!(sink.reserve());
-            assert!(poll_once(second.as_mut()).await.is_pending());
-            first.send(sample_request(1));
-            // The record now holds the only place; nobody has drained it yet.
-            assert!(poll_once(second.as_mut()).await.is_pending());
+        // Any number of admitted requests in flight take no room.
+        for _ in 0..100 {
+            sink.admit().await.unwrap();
+        }
+        // Records do, once written; sending never waits, even past the capacity.
+        for id in 1..4 {
+            sink.send(sample_request(id)).unwrap();
+        }
+        assert_eq!(sink.queued(), 3);
+        let writer = {
+            let mut waiting = pin!(sink.admit());
+            assert!(poll_once(waiting.as_mut()).await.is_pending(), "full: the next request waits for the writer");
             let writer = tokio::spawn(writer.run());
-            (second.await.unwrap(), writer)
+            waiting.await.unwrap();
+            writer
         };
-        second.send(sample_request(2));
+        sink.send(sample_request(4)).unwrap();
         sink.flush().await.unwrap();
-        assert_eq!(request_ids(std::slice::from_ref(&path)), expected_ids(1..3));
+        assert_eq!(sink.queued(), 0);
+        assert_eq!(request_ids(std::slice::from_ref(&path)), expected_ids(1..5));
         drop(sink);
         writer.await.unwrap();
     }
@@ -918,12 +962,12 @@ mod tests {
         let writer = tokio::spawn(writer.run());
         assert!(sink.healthy());
         for id in 0..3 {
-            sink.send(sample_request(id)).await.unwrap();
+            sink.send(sample_request(id)).unwrap();
         }
         sink.health.clone().wait_for(|healthy| !healthy).await.unwrap();
         assert!(!sink.healthy());
         for id in 3..5 {
-            sink.send(sample_request(id)).await.unwrap();
+            sink.send(sample_request(id)).unwrap();
         }
         *disk.budget.lock().unwrap() = None; // space freed
         sink.flush().await.unwrap();
@@ -939,20 +983,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_gets_no_slot_at_once_when_the_log_is_unwritable_and_the_queue_full() {
+    async fn a_request_is_refused_at_once_while_the_log_is_unwritable() {
         let disk = Arc::new(MockDisk::default());
         *disk.budget.lock().unwrap() = Some(0); // every write fails
         let (sink, mut writer) = assemble(Target::Mock(disk.clone()), ChainHash::GENESIS, u64::MAX, 2);
         writer.retry_interval = Duration::from_secs(3600);
         let writer = tokio::spawn(writer.run());
-        // Healthy with room: a slot.
-        sink.reserve_or_unavailable().await.unwrap().send(sample_request(0));
+        // Healthy with room: admitted.
+        sink.admit().await.unwrap();
+        sink.send(sample_request(0)).unwrap();
         sink.health.clone().wait_for(|healthy| !healthy).await.unwrap();
-        // Unwritable, room left: still a slot (the record is held in memory).
-        sink.reserve_or_unavailable().await.unwrap().send(sample_request(1));
-        sink.reserve_or_unavailable().await.unwrap().send(sample_request(2));
-        // Unwritable and full: refused without waiting for the disk.
-        assert!(sink.reserve_or_unavailable().await.is_err());
+        // Unwritable, room left: refused, with room to hold the refusal's record.
+        assert_eq!(sink.admit().await, Err(Refused::WithRecord));
+        sink.send(sample_request(1)).unwrap();
+        sink.send(sample_request(2)).unwrap();
+        // Unwritable and full: refused without a record, without waiting for the disk.
+        assert_eq!(sink.admit().await, Err(Refused::WithoutRecord));
         writer.abort();
     }
 
@@ -962,7 +1008,7 @@ mod tests {
         let cfg = AuditConfig::new(AuditPath::File(PathBuf::from("/dev/full")));
         let (sink, writer) = open(&cfg).unwrap();
         let writer = tokio::spawn(writer.run());
-        sink.send(sample_request(1)).await.unwrap();
+        sink.send(sample_request(1)).unwrap();
         sink.health.clone().wait_for(|healthy| !healthy).await.unwrap();
         assert!(!sink.healthy());
         writer.abort();
@@ -1022,7 +1068,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (sink, writer) = open(&config(&dir.path().join("a"), DEFAULT_MAX_FILE_BYTES)).unwrap();
         drop(writer);
-        assert_eq!(sink.send(sample_request(1)).await, Err(AuditClosed));
+        assert_eq!(sink.send(sample_request(1)), Err(AuditClosed));
         assert_eq!(sink.flush().await, Err(AuditClosed));
     }
 }

@@ -106,6 +106,8 @@ impl Authenticator {
         for s in settings {
             issuers.insert(s.issuer.clone(), Arc::new(Issuer::new(s.clone(), metrics.clone())?));
         }
+        // A first bound before any decoding; each issuer's own limit is
+        // applied once the token names its issuer.
         let max_token_bytes = settings.iter().map(|s| s.max_token_bytes).max().unwrap_or(16 * 1024);
         let verified = moka::sync::Cache::builder().max_capacity(100_000).expire_after(CacheUntil).build();
         Ok(Self { issuers, verified, max_token_bytes })
@@ -187,7 +189,7 @@ pub fn refusal_hints(headers: &HeaderMap) -> (Option<String>, Option<String>) {
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p?).ok()?;
         let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
         let s = v.get(key)?.as_str()?;
-        Some(s.chars().filter(|c| !c.is_control()).take(128).collect())
+        Some(crate::untrusted::printable(s, 128))
     };
     let kid = part(parts.next(), "kid");
     let iss = part(parts.next(), "iss");

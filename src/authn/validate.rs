@@ -57,13 +57,18 @@ pub async fn validate(token: &str, issuers: &HashMap<String, Arc<Issuer>>) -> Re
     };
     let issuer = issuers.get(iss).ok_or(AuthnError::BadIssuer)?;
     let settings = &issuer.settings;
-    let alg = parse_algorithm(alg_name).ok_or_else(|| AuthnError::BadAlgorithm(format!("`{alg_name}` is not allowed")))?;
+    if token.len() > settings.max_token_bytes {
+        return Err(AuthnError::Malformed(format!("token longer than {} bytes", settings.max_token_bytes)));
+    }
+    // The algorithm name is the caller's text: shown only escaped and short.
+    let shown = || crate::untrusted::printable(alg_name, 32);
+    let alg = parse_algorithm(alg_name).ok_or_else(|| AuthnError::BadAlgorithm(format!("`{}` is not allowed", shown())))?;
     if !settings.algorithms.contains(&alg) {
-        return Err(AuthnError::BadAlgorithm(format!("`{alg_name}` is not allowed for this issuer")));
+        return Err(AuthnError::BadAlgorithm(format!("`{}` is not allowed for this issuer", shown())));
     }
     let key = issuer.key(kid, alg).await.ok_or(AuthnError::UnknownKey)?;
     if !key.kind.fits(alg) || key.alg.is_some_and(|a| a != alg) {
-        return Err(AuthnError::BadAlgorithm(format!("`{alg_name}` does not fit the key")));
+        return Err(AuthnError::BadAlgorithm(format!("`{}` does not fit the key", shown())));
     }
     // The signature over `header.payload`, with the key the issuer's JWKS
     // holds for this kid and algorithm. Nothing in the claims counts before.

@@ -54,7 +54,7 @@ impl Rule {
             && self.missing_scope(req.subject).is_none()
             && self.scopes_any_holds(req.subject)
             && self.claims.iter().all(|c| c.holds(&req.subject.claims))
-            && self.path_holds(req.path)
+            && self.path_holds(req.path, req.fold_case)
     }
 
     /// `methods`: absent = every method; compared case-insensitively.
@@ -62,9 +62,10 @@ impl Rule {
         self.methods.as_ref().is_none_or(|methods| methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
     }
 
-    /// `paths`: absent = every path; else any glob matches.
-    pub(crate) fn path_holds(&self, path: &str) -> bool {
-        self.paths.as_ref().is_none_or(|globs| globs.iter().any(|g| g.matches(path)))
+    /// `paths`: absent = every path; else any glob matches (without regard
+    /// to ASCII case when `fold_case`; the path is then in lower case).
+    pub(crate) fn path_holds(&self, path: &str, fold_case: bool) -> bool {
+        self.paths.as_ref().is_none_or(|globs| globs.iter().any(|g| if fold_case { g.matches_folded(path) } else { g.matches(path) }))
     }
 
     /// `issuers`: empty = any issuer; else exact string equality with `iss`.
@@ -165,7 +166,7 @@ mod tests {
     fn check(set: &PolicySet, cases: &[Case]) {
         for c in cases {
             let subject = subject(c.claims.clone());
-            let req = AccessRequest { route: c.route, method: c.method, path: c.path, subject: &subject };
+            let req = AccessRequest { route: c.route, method: c.method, path: c.path, fold_case: false, subject: &subject };
             let d = set.authorize(&req);
             assert_eq!((d.effect, d.rule.as_str()), (c.effect, c.rule), "case: {}", c.what);
             let want_reason = match (c.effect, c.rule) {
@@ -518,7 +519,7 @@ paths = ["/crm/secret", "/crm/other-secret"]
         ) {
             let set = set(&[("gen.toml", &render(&rules))]);
             let subject = subject(json!({"scope": scopes.join(" "), "groups": [group]}));
-            let d = set.authorize(&AccessRequest { route, method, path, subject: &subject });
+            let d = set.authorize(&AccessRequest { route, method, path, fold_case: false, subject: &subject });
             let first_deny = rules.iter().position(|r| r.deny && oracle_matches(r, route, method, path, &scopes, group));
             if let Some(i) = first_deny {
                 prop_assert_eq!(d.effect, Effect::Deny);
@@ -537,7 +538,7 @@ paths = ["/crm/secret", "/crm/other-secret"]
         ) {
             let set = set(&[("gen.toml", &render(&rules))]);
             let subject = subject(json!({"scope": scopes.join(" "), "groups": group}));
-            let d = set.authorize(&AccessRequest { route, method, path, subject: &subject });
+            let d = set.authorize(&AccessRequest { route, method, path, fold_case: false, subject: &subject });
             let any = rules.iter().any(|r| oracle_matches(r, route, method, path, &scopes, group));
             if !any {
                 prop_assert_eq!(d.effect, Effect::Deny);

@@ -113,7 +113,7 @@ pub(super) fn explain_rule(rule: &Rule, req: &AccessRequest<'_>) -> RuleExplanat
         }
     }
     if let Some(paths) = &rule.paths {
-        if rule.path_holds(req.path) {
+        if rule.path_holds(req.path, req.fold_case) {
             held.push(format!("paths {}", bracketed(paths)));
         } else {
             failed.push(format!("paths wanted one of {}, got {}", bracketed(paths), req.path));
@@ -202,7 +202,7 @@ methods = ["HEAD"]
     fn explain_of_an_allowed_request_lists_what_held_for_every_rule_of_the_route() {
         let set = set();
         let subject = subject(json!({"scope": "crm.read", "groups": ["data-eng"]}));
-        let req = AccessRequest { route: "crm", method: "GET", path: "/crm/v1/accounts", subject: &subject };
+        let req = AccessRequest { route: "crm", method: "GET", path: "/crm/v1/accounts", fold_case: false, subject: &subject };
         let text = set.explain(&req).to_string();
         assert_eq!(
             text,
@@ -219,7 +219,7 @@ methods = ["HEAD"]
     fn explain_of_a_denied_request_says_which_conditions_failed() {
         let set = set();
         let subject = subject(json!({"scope": "crm.write", "groups": "sales"}));
-        let req = AccessRequest { route: "crm", method: "GET", path: "/crm/v1/accounts", subject: &subject };
+        let req = AccessRequest { route: "crm", method: "GET", path: "/crm/v1/accounts", fold_case: false, subject: &subject };
         let explained = set.explain(&req);
         assert_eq!(
             explained.to_string(),
@@ -252,7 +252,7 @@ methods = ["HEAD"]
     fn explain_of_a_policy_deny_marks_the_deny_rule_matched() {
         let set = set();
         let subject = subject(json!({"scope": "crm.read", "groups": "data-eng"}));
-        let req = AccessRequest { route: "crm", method: "GET", path: "/crm/v1/admin/x", subject: &subject };
+        let req = AccessRequest { route: "crm", method: "GET", path: "/crm/v1/admin/x", fold_case: false, subject: &subject };
         let explained = set.explain(&req);
         assert_eq!(explained.decision.rule, "crm-admin-deny");
         let matched: Vec<&str> = explained.rules.iter().filter(|r| r.matched).map(|r| r.id.as_str()).collect();

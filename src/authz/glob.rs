@@ -26,6 +26,8 @@ use std::fmt;
 pub(crate) struct PathGlob {
     text: Box<str>,
     segments: Vec<Segment>,
+    /// The same segments in ASCII lower case, for case-insensitive routes.
+    folded: Vec<Segment>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +56,8 @@ impl PathGlob {
                 segments.push(parse_segment(raw)?);
             }
         }
-        Ok(PathGlob { text: text.into(), segments })
+        let folded = segments.iter().map(Segment::folded).collect();
+        Ok(PathGlob { text: text.into(), segments, folded })
     }
 
     /// True when the normalized `path` matches.
@@ -63,6 +66,16 @@ impl PathGlob {
     /// classic wildcard algorithm: O(segments × glob segments) at worst, and
     /// no allocation.
     pub(crate) fn matches(&self, path: &str) -> bool {
+        Self::match_segments(&self.segments, path)
+    }
+
+    /// [`matches`](Self::matches) without regard to ASCII case; `path` must
+    /// already be in lower case.
+    pub(crate) fn matches_folded(&self, lower_path: &str) -> bool {
+        Self::match_segments(&self.folded, lower_path)
+    }
+
+    fn match_segments(segments: &[Segment], path: &str) -> bool {
         let rest = path.strip_prefix('/').unwrap_or(path);
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         // `pos` is the byte offset of the next segment; past the end means no
@@ -73,7 +86,7 @@ impl PathGlob {
         let mut backtrack: Option<(usize, usize)> = None;
         loop {
             let next = next_segment(rest, pos);
-            match (self.segments.get(glob_at), next) {
+            match (segments.get(glob_at), next) {
                 (Some(Segment::AnyMany), _) => {
                     glob_at += 1;
                     backtrack = Some((glob_at, pos));
@@ -117,6 +130,16 @@ fn next_segment(rest: &str, pos: usize) -> Option<(&str, usize)> {
 }
 
 impl Segment {
+    fn folded(&self) -> Segment {
+        let lower = |s: &str| s.to_ascii_lowercase().into_boxed_str();
+        match self {
+            Segment::AnyMany => Segment::AnyMany,
+            Segment::AnyOne => Segment::AnyOne,
+            Segment::Pattern(parts) => Segment::Pattern(parts.iter().map(|p| lower(p)).collect()),
+            Segment::Literal(literal) => Segment::Literal(lower(literal)),
+        }
+    }
+
     fn matches_one(&self, text: &str) -> bool {
         match self {
             Segment::AnyMany => true,
@@ -222,6 +245,17 @@ mod tests {
 
     fn glob(text: &str) -> PathGlob {
         PathGlob::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    #[test]
+    fn folded_globs_match_without_regard_to_ascii_case() {
+        let deny = glob("/echo/Admin/**");
+        assert!(!deny.matches("/echo/admin/users"), "case-sensitive by default");
+        for path in ["/echo/admin/users", "/echo/ADMIN/users", "/echo/aDmIn"] {
+            assert!(deny.matches_folded(&path.to_ascii_lowercase()), "{path}");
+        }
+        assert!(glob("/x/*.JSON").matches_folded("/x/a.json"));
+        assert!(!glob("/x/*.JSON").matches_folded("/x/a.jsonx"));
     }
 
     #[test]

@@ -567,7 +567,7 @@ rule = "nope"
         let set = set.unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(set.rule_count(), 2);
         let subject = super::super::Subject::default();
-        let d = set.authorize(&super::super::AccessRequest { route: "crm", method: "GET", path: "/", subject: &subject });
+        let d = set.authorize(&super::super::AccessRequest { route: "crm", method: "GET", path: "/", fold_case: false, subject: &subject });
         assert_eq!(d.rule, "from-a", "a.toml is loaded first");
     }
 

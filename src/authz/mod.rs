@@ -154,8 +154,12 @@ pub struct AccessRequest<'a> {
     pub route: &'a str,
     /// The HTTP method (compared case-insensitively).
     pub method: &'a str,
-    /// The normalized request path (SPEC §4), before prefix stripping.
+    /// The normalized request path, before prefix stripping; in ASCII
+    /// lower case when `fold_case`.
     pub path: &'a str,
+    /// The route's upstream reads paths without regard to ASCII case
+    /// (`case_insensitive`): globs match so too.
+    pub fold_case: bool,
     /// The authenticated caller.
     pub subject: &'a Subject,
 }

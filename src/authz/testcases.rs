@@ -55,7 +55,7 @@ fn check(set: &PolicySet, case: &PolicyTestCase, resolve: Resolve<'_>) -> Result
         }
     };
     let subject = Subject::from_claims(case.claims.clone());
-    let decision = set.authorize(&AccessRequest { route: &route, method: &case.method, path: &path, subject: &subject });
+    let decision = set.authorize(&AccessRequest { route: &route, method: &case.method, path: &path, fold_case: false, subject: &subject });
     let by = if decision.rule == DEFAULT_DENY {
         "by default-deny (no rule matched)".to_string()
     } else {

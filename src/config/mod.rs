@@ -105,6 +105,10 @@ pub struct Limits {
     pub drain_timeout: Duration,
     /// Worker threads serving callers (each with its own event loop); 0: one per CPU.
     pub workers: usize,
+    /// Longest wait for the next piece of a request body (idle, not total).
+    pub body_timeout: Duration,
+    /// Longest wait for the caller to take the next piece of an answer.
+    pub write_timeout: Duration,
 }
 
 impl Limits {
@@ -128,6 +132,8 @@ impl Default for Limits {
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(30),
             workers: 0,
+            body_timeout: Duration::from_millis(30_000),
+            write_timeout: Duration::from_millis(30_000),
         }
     }
 }
@@ -141,6 +147,8 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub http2: bool,
+    /// An upstream token younger than this is not refetched after a 401.
+    pub min_token_age: Duration,
     pub credential: CredentialSpec,
 }
 
@@ -152,7 +160,14 @@ pub struct RouteSettings {
     pub upstream: String,
     pub strip_prefix: bool,
     pub host: Option<String>,
+    /// Path spellings this route lets through (`allow_path_params`, `allow_encoded_percent`).
+    pub allow: crate::request::PathAllowances,
+    /// Policy globs match this route's paths without regard to ASCII case.
+    pub case_insensitive: bool,
 }
+
+/// An upstream token younger than this is not refetched for a 401.
+pub const DEFAULT_MIN_TOKEN_AGE: Duration = Duration::from_secs(5);
 
 /// Default signature algorithms (SPEC §2).
 pub const DEFAULT_ALGORITHMS: [Algorithm; 9] = [
@@ -453,6 +468,8 @@ impl Validator<'_> {
             max_connections,
             drain_timeout: self.ms(&r.drain_timeout_ms, d.drain_timeout),
             workers,
+            body_timeout: self.ms(&r.body_timeout_ms, d.body_timeout),
+            write_timeout: self.ms(&r.write_timeout_ms, d.write_timeout),
         }
     }
 
@@ -482,6 +499,7 @@ impl Validator<'_> {
                 connect_timeout: self.ms(&r.connect_timeout_ms, Duration::from_millis(5_000)),
                 response_timeout: self.ms(&r.response_timeout_ms, Duration::from_millis(30_000)),
                 http2: r.http2.as_ref().is_some_and(|h| *h.get_ref()),
+                min_token_age: r.min_token_age_ms.as_ref().map_or(DEFAULT_MIN_TOKEN_AGE, |m| Duration::from_millis(*m.get_ref())),
                 credential,
             });
         }
@@ -636,7 +654,9 @@ impl Validator<'_> {
                 path_prefix: prefix.clone(),
                 upstream: r.upstream.get_ref().clone(),
                 strip_prefix: r.strip_prefix,
-                host: r.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase()),
+                host: r.host.as_ref().map(|h| h.get_ref().trim_end_matches('.').to_ascii_lowercase()),
+                allow: crate::request::PathAllowances { path_params: r.allow_path_params, encoded_percent: r.allow_encoded_percent },
+                case_insensitive: r.case_insensitive,
             });
         }
         out

@@ -94,6 +94,10 @@ pub struct RawLimits {
     pub drain_timeout_ms: Option<Spanned<u64>>,
     /// Worker threads serving callers; 0 or absent: one per CPU.
     pub workers: Option<Spanned<u64>>,
+    /// Longest wait for the next piece of a request body.
+    pub body_timeout_ms: Option<Spanned<u64>>,
+    /// Longest wait for the caller to take the next piece of an answer.
+    pub write_timeout_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +110,8 @@ pub struct RawUpstream {
     pub response_timeout_ms: Option<Spanned<u64>>,
     /// Speak HTTP/2 with prior knowledge to a plain-http upstream (h2c).
     pub http2: Option<Spanned<bool>>,
+    /// An upstream token younger than this is not refetched after a 401.
+    pub min_token_age_ms: Option<Spanned<u64>>,
     pub credential: Option<Spanned<RawCredential>>,
 }
 
@@ -143,4 +149,13 @@ pub struct RawRoute {
     #[serde(default)]
     pub strip_prefix: bool,
     pub host: Option<Spanned<String>>,
+    /// Let `;` segment parameters through (refused by default).
+    #[serde(default)]
+    pub allow_path_params: bool,
+    /// Let `%25` through (refused by default).
+    #[serde(default)]
+    pub allow_encoded_percent: bool,
+    /// The upstream reads paths without regard to ASCII case: so do the globs.
+    #[serde(default)]
+    pub case_insensitive: bool,
 }

@@ -225,7 +225,12 @@ impl Grant {
         let sent = self.http.post_form(&client.token_url, headers, body);
         let (status, bytes) = match tokio::time::timeout(self.timing.request_timeout, sent).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(why)) => return Err(EndpointError::Other(format!("token endpoint unreachable: {why}"))),
+            Ok(Err(why)) => {
+                // The address and the connection error are for the log only:
+                // this message reaches callers' answers and the audit record.
+                tracing::warn!(upstream = %self.upstream, error = %why, "token endpoint unreachable");
+                return Err(EndpointError::Other("token endpoint unreachable".to_owned()));
+            }
             Err(_) => {
                 return Err(EndpointError::Other(format!(
                     "token endpoint did not answer within {} s",

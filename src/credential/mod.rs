@@ -198,7 +198,23 @@ struct SharedToken {
     slot: Arc<Slot>,
 }
 
-type CallerKey = (String, String);
+/// The token-exchange cache key: `iss`, `sub` and `client_id` (SPEC §2:
+/// never shared between two clients acting for the same subject).
+type CallerKey = (String, String, Option<String>);
+
+/// The caller a credential is asked for: its `iss`, `sub` and `client_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller<'a> {
+    pub iss: &'a str,
+    pub sub: &'a str,
+    pub client_id: Option<&'a str>,
+}
+
+impl Caller<'_> {
+    fn key(&self) -> CallerKey {
+        (self.iss.to_owned(), self.sub.to_owned(), self.client_id.map(str::to_owned))
+    }
+}
 
 /// Upper bound on cached token-exchange callers.
 const EXCHANGE_CAPACITY: u64 = 100_000;
@@ -278,12 +294,8 @@ impl UpstreamCredential {
     /// What to put on the upstream request: `Ok(Some((name, value)))`, or
     /// `Ok(None)` for `none`. Values are marked sensitive. `caller_token` is
     /// the caller's validated token (passthrough, token_exchange) and
-    /// `caller_key` its (iss, sub), the token_exchange cache key.
-    pub async fn header(
-        &self,
-        caller_token: &Secret,
-        caller_key: (&str, &str),
-    ) -> Result<Option<(HeaderName, HeaderValue)>, CredentialError> {
+    /// `caller` its identity, the token_exchange cache key.
+    pub async fn header(&self, caller_token: &Secret, caller: Caller<'_>) -> Result<Option<(HeaderName, HeaderValue)>, CredentialError> {
         match &self.inner.source {
             Source::Shared(shared) => {
                 if let Some(value) = shared.slot.usable(Instant::now()) {
@@ -298,7 +310,7 @@ impl UpstreamCredential {
                 Ok(Some((OAUTH_HEADER, got.into_value())))
             }
             Source::Exchange { grant, slots } => {
-                let key = (caller_key.0.to_owned(), caller_key.1.to_owned());
+                let key = caller.key();
                 let slot = slots.get_with(key.clone(), || Arc::new(Slot::new()));
                 let fetcher = Arc::clone(grant);
                 let subject = caller_token.clone();
@@ -323,22 +335,22 @@ impl UpstreamCredential {
         }
     }
 
-    /// The upstream answered 401 to the token last returned for this caller:
-    /// drop it, so the next [`header`](Self::header) fetches a fresh one.
-    pub fn invalidate(&self, caller_key: (&str, &str)) {
-        if let Some(slot) = self.slot_of(caller_key) {
+    /// Drops the token cached for this caller, so the next
+    /// [`header`](Self::header) fetches a fresh one.
+    pub fn invalidate(&self, caller: Caller<'_>) {
+        if let Some(slot) = self.slot_of(caller) {
             slot.invalidate();
         }
     }
 
-    /// Like [`invalidate`](Self::invalidate), but only if the cached value is
-    /// still `used`, the value the 401 answered. Prefer it when many requests
-    /// may fail at once: a late 401 for an old token then does not throw away
-    /// the token fetched after it.
-    pub fn invalidate_value(&self, caller_key: (&str, &str), used: &HeaderValue) {
-        if let Some(slot) = self.slot_of(caller_key) {
-            slot.invalidate_value(used);
-        }
+    /// The upstream answered 401 to `used`: drops it if it is still the
+    /// cached value and at least `min_age` old, and says whether it did (the
+    /// request may then be retried with a fresh token). A late 401 for an
+    /// old token does not throw away the one fetched after it, and a token
+    /// younger than `min_age` is kept: a caller who can provoke 401s must not
+    /// make one token request per request.
+    pub fn invalidate_value(&self, caller: Caller<'_>, used: &HeaderValue, min_age: Duration) -> bool {
+        self.slot_of(caller).is_some_and(|slot| slot.invalidate_value(used, min_age))
     }
 
     /// True for the OAuth kinds (SPEC §4: their 401 that survives the retry
@@ -355,10 +367,10 @@ impl UpstreamCredential {
         &self.inner.upstream
     }
 
-    fn slot_of(&self, caller_key: (&str, &str)) -> Option<Arc<Slot>> {
+    fn slot_of(&self, caller: Caller<'_>) -> Option<Arc<Slot>> {
         match &self.inner.source {
             Source::Shared(shared) => Some(Arc::clone(&shared.slot)),
-            Source::Exchange { slots, .. } => slots.get(&(caller_key.0.to_owned(), caller_key.1.to_owned())),
+            Source::Exchange { slots, .. } => slots.get(&caller.key()),
             Source::Static { .. } | Source::Passthrough | Source::None => None,
         }
     }

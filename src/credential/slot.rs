@@ -60,6 +60,8 @@ pub(crate) struct Token {
     pub refresh_at: Instant,
     /// Wall-clock expiry, for the audit record.
     pub expires_at: OffsetDateTime,
+    /// When it was requested.
+    pub issued: Instant,
 }
 
 impl Token {
@@ -78,7 +80,7 @@ impl Token {
         let nominal = lifetime.mul_f64(timing.refresh_fraction);
         let refresh_at = issued + if nominal < usable { nominal } else { usable.mul_f64(timing.refresh_fraction) };
         let expires_at = OffsetDateTime::now_utc() + time::Duration::try_from(lifetime).unwrap_or(time::Duration::MAX);
-        Self { value, usable_until, refresh_at, expires_at }
+        Self { value, usable_until, refresh_at, expires_at, issued }
     }
 }
 
@@ -189,15 +191,19 @@ impl Slot {
     }
 
     /// Drops the cached token only if it is still `used` (a 401 for an older
-    /// token must not throw away the one fetched after it).
-    pub fn invalidate_value(&self, used: &HeaderValue) {
+    /// token must not throw away the one fetched after it) and at least
+    /// `min_age` old; says whether it was dropped.
+    pub fn invalidate_value(&self, used: &HeaderValue, min_age: Duration) -> bool {
         let current = self.token.load_full();
-        if current.as_ref().is_some_and(|t| t.value == *used) {
-            let previous = self.token.compare_and_swap(&current, None);
-            if arc_swap_same(&previous, &current) {
-                self.changed.notify_one();
-            }
+        if !current.as_ref().is_some_and(|t| t.value == *used && t.issued.elapsed() >= min_age) {
+            return false;
         }
+        let previous = self.token.compare_and_swap(&current, None);
+        let dropped = arc_swap_same(&previous, &current);
+        if dropped {
+            self.changed.notify_one();
+        }
+        dropped
     }
 
     fn record(&self, attempts: &mut Attempts, result: Result<Token, String>) -> Result<HeaderValue, String> {

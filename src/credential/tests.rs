@@ -234,7 +234,7 @@ fn harness(spec: CredentialSpec, store: Option<Arc<dyn CredentialStore>>, timing
     Harness { cred, http, events }
 }
 
-const NOBODY: (&str, &str) = ("https://idp.example", "svc-a");
+const NOBODY: Caller<'static> = Caller { iss: "https://idp.example", sub: "svc-a", client_id: None };
 
 async fn value(cred: &UpstreamCredential) -> Result<String, CredentialError> {
     let caller = Secret::new("caller-token");
@@ -401,11 +401,26 @@ mod caching {
         assert_eq!(value(&h.cred).await.unwrap(), "Bearer tok-1");
         h.cred.invalidate(NOBODY);
         assert_eq!(value(&h.cred).await.unwrap(), "Bearer tok-2");
-        h.cred.invalidate_value(NOBODY, &HeaderValue::from_static("Bearer tok-1"));
+        h.cred.invalidate_value(NOBODY, &HeaderValue::from_static("Bearer tok-1"), Duration::ZERO);
         assert_eq!(value(&h.cred).await.unwrap(), "Bearer tok-2");
-        h.cred.invalidate_value(NOBODY, &HeaderValue::from_static("Bearer tok-2"));
+        h.cred.invalidate_value(NOBODY, &HeaderValue::from_static("Bearer tok-2"), Duration::ZERO);
         assert_eq!(value(&h.cred).await.unwrap(), "Bearer tok-3");
         assert_eq!(idp.hits(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_401_for_a_token_younger_than_the_minimum_age_does_not_refetch_it() {
+        let idp = Idp::start(Behaviour::default()).await;
+        let h = harness(CredentialSpec::ClientCredentials(basic_client(&idp)), None, Timing::default());
+        assert_eq!(value(&h.cred).await.unwrap(), "Bearer tok-1");
+        let used = HeaderValue::from_static("Bearer tok-1");
+        for _ in 0..100 {
+            assert!(!h.cred.invalidate_value(NOBODY, &used, Duration::from_secs(5)), "a fresh token is kept");
+            assert_eq!(value(&h.cred).await.unwrap(), "Bearer tok-1");
+        }
+        assert_eq!(idp.hits(), 1, "a 401 storm makes no token request");
+        assert!(h.cred.invalidate_value(NOBODY, &used, Duration::ZERO), "an old enough token is dropped");
+        assert_eq!(value(&h.cred).await.unwrap(), "Bearer tok-2");
     }
 
     #[test]
@@ -743,8 +758,8 @@ mod other_kinds {
     async fn token_exchange_gives_each_caller_its_own_token_and_caches_it() {
         let idp = Idp::start(Behaviour::default()).await;
         let h = harness(CredentialSpec::TokenExchange(basic_client(&idp)), None, Timing::default());
-        let alice = ("https://idp.example", "alice");
-        let bob = ("https://idp.example", "bob");
+        let alice = Caller { iss: "https://idp.example", sub: "alice", client_id: Some("connector-1") };
+        let bob = Caller { iss: "https://idp.example", sub: "bob", client_id: Some("connector-1") };
         let get = |token: &'static str, key| {
             let cred = h.cred.clone();
             async move {
@@ -767,6 +782,12 @@ mod other_kinds {
         h.cred.invalidate(alice);
         assert_eq!(get("alice-jwt-3", alice).await, "Bearer tok-3-for-alice-jwt-3");
         assert_eq!(get("bob-jwt", bob).await, b1);
+        let alice_via_other_client = Caller { client_id: Some("connector-2"), ..alice };
+        assert_eq!(
+            get("alice-jwt-4", alice_via_other_client).await,
+            "Bearer tok-4-for-alice-jwt-4",
+            "two clients acting for the same subject never share an exchanged token"
+        );
         assert!(h.events.all().iter().all(|e| e.ok && e.kind == "token_exchange"));
         assert!(h.cred.is_oauth());
     }
@@ -780,7 +801,7 @@ mod other_kinds {
                 let cred = h.cred.clone();
                 tokio::spawn(async move {
                     let sub = if i % 2 == 0 { "alice" } else { "bob" };
-                    cred.header(&Secret::new(format!("{sub}-jwt")), ("iss", sub)).await.unwrap()
+                    cred.header(&Secret::new(format!("{sub}-jwt")), Caller { iss: "iss", sub, client_id: None }).await.unwrap()
                 })
             })
             .collect();

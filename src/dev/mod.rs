@@ -27,8 +27,14 @@ use crate::secret::Secret;
 /// The example policy set, written to `policies/` when that folder is missing.
 const EXAMPLE_POLICY: &str = include_str!("../../policies/echo.toml");
 
-/// Runs the quickstart until Ctrl-C.
-pub async fn run(port: u16, admin_port: u16) -> anyhow::Result<()> {
+/// Runs the quickstart until `shutdown` resolves (SIGTERM or SIGINT), then
+/// drains like `serve`. `hup` reloads the policies.
+pub async fn run(
+    port: u16,
+    admin_port: u16,
+    hup: Arc<tokio::sync::Notify>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let loopback = Ipv4Addr::LOCALHOST;
     let certs =
         certs::ensure_dev_certs(Path::new("certs")).map_err(|e| anyhow::anyhow!("cannot create the dev certificates under certs/: {e}"))?;
@@ -77,10 +83,6 @@ pub async fn run(port: u16, admin_port: u16) -> anyhow::Result<()> {
     std::io::stdout().write_all(banner.as_bytes())?;
     std::io::stdout().flush()?;
     tracing::warn!("gatehouse dev is not for production");
-    let hup = Arc::new(tokio::sync::Notify::new());
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
     crate::run(config, crate::Listeners { proxy, admin: Some(admin) }, hup, shutdown).await?;
     Ok(())
 }
@@ -113,6 +115,7 @@ fn dev_config(
         connect_timeout: Duration::from_secs(5),
         response_timeout: Duration::from_secs(30),
         http2: false,
+        min_token_age: crate::config::DEFAULT_MIN_TOKEN_AGE,
         credential: CredentialSpec::Static { header: http::header::AUTHORIZATION, value: Secret::new(upstream_value) },
     };
     Config {
@@ -131,6 +134,8 @@ fn dev_config(
             upstream: "echo".into(),
             strip_prefix: true,
             host: None,
+            allow: crate::request::PathAllowances::default(),
+            case_insensitive: false,
         }],
     }
 }
