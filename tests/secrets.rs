@@ -29,7 +29,8 @@ fn oauth_upstream(env: &TestEnv, server: &OAuthApi, name: &str, kind: &str, auth
     std::fs::create_dir_all(env.path("secrets")).unwrap();
     std::fs::write(env.path(&format!("secrets/{name}")), format!("{}\n", client.1)).unwrap();
     format!(
-        "\n[[upstream]]\nname = \"{name}\"\nurl = \"{}\"\n[upstream.credential]\nkind = \"{kind}\"\ntoken_url = \"{}\"\n\
+        // Tokens may be refetched after a 401 at any age: the test revokes fresh ones.
+        "\n[[upstream]]\nname = \"{name}\"\nurl = \"{}\"\nmin_token_age_ms = 0\n[upstream.credential]\nkind = \"{kind}\"\ntoken_url = \"{}\"\n\
          client_id = \"{}\"\nclient_secret_file = \"secrets/{name}\"\nauth_method = \"{auth_method}\"\n{}",
         server.api_url(),
         server.token_url(),
