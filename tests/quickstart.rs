@@ -29,7 +29,7 @@ async fn dev_starts_from_an_empty_folder_and_its_curl_line_works() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let _guard = Kill(child);
+    let mut guard = Kill(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -71,4 +71,9 @@ async fn dev_starts_from_an_empty_folder_and_its_curl_line_works() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
     assert!(dir.path().join("audit/audit.jsonl").exists());
+    // SIGTERM drains and exits 0, like `serve`.
+    let term = Command::new("kill").arg("-TERM").arg(guard.0.id().to_string()).status().unwrap();
+    assert!(term.success());
+    let status = tokio::task::spawn_blocking(move || guard.0.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0), "dev exits 0 after SIGTERM: {status}");
 }
