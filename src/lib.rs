@@ -28,6 +28,9 @@ pub mod store;
 pub mod tls;
 pub mod untrusted;
 
+#[cfg(test)]
+mod fuzz;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

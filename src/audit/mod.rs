@@ -22,6 +22,8 @@ pub use event::{
     format_time,
 };
 pub use query::{QueryFilter, QueryOutput, query};
+#[cfg(test)]
+pub(crate) use verify::parse_line;
 pub use verify::{VerifyError, VerifySummary, verify_files};
 pub use writer::{
     AuditClosed, AuditConfig, AuditPath, AuditSink, AuditWriter, DEFAULT_CHANNEL_CAPACITY, DEFAULT_MAX_FILE_BYTES, Refused, open,
