@@ -8,7 +8,8 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gatehouse::authz::{AccessRequest, Effect, PolicySet, Subject};
+use gatehouse::authz::{AccessRequest, Effect, PolicySet};
+use gatehouse::identity::{Identity, ScopeClaim};
 use serde_json::json;
 
 const ROUTES: usize = 50;
@@ -80,7 +81,7 @@ fn build_set(dir: &Path) -> Result<PolicySet, String> {
     PolicySet::load(dir, &routes).map_err(|found| found.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
 }
 
-fn subject() -> Subject {
+fn subject() -> Identity {
     let claims = json!({
         "iss": ISSUER,
         "sub": "svc-orders-reader",
@@ -91,8 +92,8 @@ fn subject() -> Subject {
         "exp": 1_900_000_000,
     });
     match claims {
-        serde_json::Value::Object(map) => Subject::from_claims(map),
-        _ => Subject::default(),
+        serde_json::Value::Object(map) => Identity::from_claims(map, ScopeClaim::Both),
+        _ => Identity::default(),
     }
 }
 

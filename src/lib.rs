@@ -16,6 +16,7 @@ pub mod dev;
 pub mod diagnostic;
 pub mod error;
 pub mod forward;
+pub mod identity;
 pub mod metrics;
 pub mod outbound;
 pub mod proxy;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use gatehouse::authz::{AccessRequest, PolicySet, Subject, run_tests};
+use gatehouse::authz::{AccessRequest, PolicySet, Resolved, run_tests};
 use gatehouse::config::Config;
 use gatehouse::route::Router;
 
@@ -283,15 +283,18 @@ fn signals(hup: Arc<tokio::sync::Notify>) -> anyhow::Result<impl std::future::Fu
     })
 }
 
-/// Route resolution for policy tests and explain: normalize, then route.
-fn resolver(config: &Config) -> impl Fn(Option<&str>, &str) -> Result<(String, String), String> + '_ {
+/// Route resolution for policy tests and explain, as the proxy does it:
+/// normalize, route, refuse what the route does not allow, fold case.
+fn resolver(config: &Config) -> impl Fn(Option<&str>, &str) -> Result<Resolved, String> + '_ {
     let router = Router::new(&config.routes, |name| config.upstreams.iter().position(|u| u.name == name));
     move |host: Option<&str>, raw: &str| {
         let raw_path = raw.split('?').next().unwrap_or(raw);
         let path = gatehouse::request::normalize_path(raw_path).map_err(|e| format!("bad path: {e}"))?;
         let host = host.map(gatehouse::request::host_without_port);
         let route = router.find(host.as_deref(), &path).map_err(|e| e.to_string())?;
-        Ok((route.name.to_string(), path))
+        gatehouse::request::check_ambiguity(&path, route.allow).map_err(|e| format!("bad path: {e}"))?;
+        let path = if route.case_insensitive { path.to_ascii_lowercase() } else { path };
+        Ok(Resolved { route: route.name.to_string(), path, fold_case: route.case_insensitive })
     }
 }
 
@@ -311,7 +314,7 @@ fn policy_test(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         }
     };
     let resolve = resolver(&config);
-    let failures = run_tests(&set, &resolve);
+    let failures = run_tests(&set, &resolve, &|claims| config.identity(claims));
     let mut out = std::io::stdout().lock();
     for f in &failures {
         writeln!(out, "{f}")?;
@@ -330,10 +333,10 @@ fn explain(path: &std::path::Path, method: &str, raw_path: &str, host: Option<&s
         .map_err(|ds| anyhow::anyhow!(ds.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
     let claims: serde_json::Value = serde_json::from_str(claims).context("--claims must be a JSON object")?;
     let serde_json::Value::Object(claims) = claims else { bail!("--claims must be a JSON object") };
-    let subject = Subject::from_claims(claims);
+    let subject = config.identity(claims);
     let resolve = resolver(&config);
     let mut out = std::io::stdout().lock();
-    let (route, norm) = match resolve(host, raw_path) {
+    let Resolved { route, path: norm, fold_case } = match resolve(host, raw_path) {
         Ok(r) => r,
         Err(why) => {
             if json {
@@ -345,7 +348,7 @@ fn explain(path: &std::path::Path, method: &str, raw_path: &str, host: Option<&s
         }
     };
     let method = method.to_ascii_uppercase();
-    let explanation = set.explain(&AccessRequest { route: &route, method: &method, path: &norm, fold_case: false, subject: &subject });
+    let explanation = set.explain(&AccessRequest { route: &route, method: &method, path: &norm, fold_case, subject: &subject });
     if json {
         writeln!(out, "{}", explanation.to_json())?;
     } else {

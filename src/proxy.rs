@@ -113,7 +113,7 @@ async fn pipeline(
         }
     };
     record.identity(&caller);
-    let subject = &caller.principal.subject;
+    let subject = &caller.principal.identity;
     let folded;
     let policy_path = if route.case_insensitive {
         folded = meta.path.to_ascii_lowercase();
@@ -129,7 +129,7 @@ async fn pipeline(
         return Err(ProxyError::Forbidden(decision));
     }
     record.allowed();
-    let who = Caller { iss: &subject.iss, sub: &subject.sub, client_id: caller.principal.client_id.as_deref() };
+    let who = Caller { iss: &subject.iss, sub: &subject.sub, client_id: subject.client_id.as_deref() };
     let credential = upstream.credential.header(&caller.token, who).await.map_err(ProxyError::Credential)?;
     let sent_value = credential.as_ref().map(|(_, v)| v.clone());
     let uri = upstream
@@ -229,14 +229,7 @@ impl Record {
     }
 
     fn identity(&mut self, caller: &Authenticated) {
-        let p = &caller.principal;
-        self.rec.identity = Some(Identity {
-            iss: p.subject.iss.clone(),
-            sub: p.subject.sub.clone(),
-            client_id: p.client_id.clone(),
-            scopes: p.subject.scopes.clone(),
-            jti: p.jti.clone(),
-        });
+        self.rec.identity = Some(Identity::from(&caller.principal.identity));
     }
 
     fn rule(&mut self, rule: &str) {

@@ -104,6 +104,14 @@ pub struct Identity {
     pub jti: Option<String>,
 }
 
+impl From<&crate::identity::Identity> for Identity {
+    /// The audited part of the caller's identity: never the token, never
+    /// the other claims.
+    fn from(id: &crate::identity::Identity) -> Self {
+        Self { iss: id.iss.clone(), sub: id.sub.clone(), client_id: id.client_id.clone(), scopes: id.scopes.clone(), jti: id.jti.clone() }
+    }
+}
+
 /// The result of a background operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -13,20 +13,17 @@ use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 
-use crate::authz::Subject;
 use crate::config::IssuerSettings;
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 pub use jwks::Issuer;
 
-/// A caller proven by a valid token. Holds the authorization [`Subject`]
-/// directly (a plain data type) so that no claims are copied per request.
+/// A caller proven by a valid token: its [`Identity`], shared by
+/// authorization, the credential and the audit record without copying.
 #[derive(Debug)]
 pub struct Principal {
-    pub subject: Subject,
-    /// The `client_id` claim, else `azp`.
-    pub client_id: Option<String>,
-    pub jti: Option<String>,
+    pub identity: Identity,
     /// When the verified-token cache must forget this principal.
     pub cache_until: Instant,
 }
@@ -234,5 +231,93 @@ mod tests {
         assert_eq!(bearer_token(&headers(&["Bearer"])), Err(AuthnError::MissingToken));
         assert_eq!(bearer_token(&headers(&["Basic YWI6Yw=="])), Err(AuthnError::MissingToken));
         assert_eq!(bearer_token(&headers(&["Bearer a", "Bearer b"])), Err(AuthnError::DuplicateAuthorization));
+    }
+
+    /// The proxy (a signed token through authentication), `policy test`
+    /// (claims in a `[[test]]` case) and `policy explain` (claims on the
+    /// command line) build the same identity and reach the same decision,
+    /// whatever shape the scope claims take and whichever `scope_claim` the
+    /// issuer has.
+    #[test]
+    fn the_proxy_policy_test_and_explain_reach_the_same_decision_for_the_same_claims() {
+        use crate::authz::{AccessRequest, PolicySet, Resolved, run_tests};
+        use crate::config::Config;
+        use crate::diagnostic::SourceFile;
+        use proptest::prelude::*;
+        use serde_json::{Value, json};
+
+        const RULES: &str = "[[rule]]\nid = \"readers\"\nroute = \"crm\"\nscopes_all = [\"crm.read\"]\nscopes_any = [\"a\", \"b\"]\n\n\
+                             [[rule]]\nid = \"tabbed\"\nroute = \"crm\"\nmethods = [\"POST\"]\nscopes_all = [\"crm.write\"]\n";
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dev = rt
+            .block_on(async { crate::dev::issuer::DevIssuer::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()) })
+            .unwrap();
+        let word = prop_oneof![Just("crm.read"), Just("crm.write"), Just("a"), Just("b"), Just("zz")];
+        let sep = prop_oneof![Just(" "), Just("  "), Just("\t"), Just(" \t ")];
+        let scope = proptest::option::of(
+            proptest::collection::vec((word.clone(), sep), 0..4)
+                .prop_map(|ws| ws.into_iter().map(|(w, s)| format!("{w}{s}")).collect::<String>()),
+        );
+        let scp = proptest::option::of(prop_oneof![
+            proptest::collection::vec(word.clone(), 0..3).prop_map(|ws| json!(ws)),
+            proptest::collection::vec(word, 0..3).prop_map(|ws| json!(ws.join(" "))),
+        ]);
+        let method = prop_oneof![Just("GET"), Just("POST")];
+        for which in ["scope", "scp", "both"] {
+            let config = Config::parse(
+                std::path::Path::new("/equivalence/gatehouse.toml"),
+                &SourceFile::new(
+                    "gatehouse.toml",
+                    format!(
+                        "[listen]\naddr = \"127.0.0.1:0\"\ntls_cert = \"c\"\ntls_key = \"k\"\n\
+                         [[issuer]]\nissuer = \"{iss}\"\naudiences = [\"gatehouse\"]\njwks_uri = \"{iss}/jwks\"\n{line}\
+                         [[upstream]]\nname = \"crm\"\nurl = \"http://127.0.0.1:9\"\n[[route]]\nname = \"crm\"\npath_prefix = \"/crm/\"\nupstream = \"crm\"\n",
+                        iss = dev.issuer,
+                        line = if which == "both" { String::new() } else { format!("scope_claim = \"{which}\"\n") },
+                    ),
+                ),
+            )
+            .unwrap_or_else(|p| panic!("{p:?}"));
+            let metrics = Arc::new(Metrics::new(std::iter::empty(), std::iter::once(dev.issuer.as_str()), std::iter::empty()));
+            let authn = Authenticator::new(&config.issuers, metrics).unwrap();
+            authn.install_jwks(&dev.issuer, dev.jwks().as_bytes()).unwrap();
+            let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config { cases: 200, ..Default::default() });
+            runner
+                .run(&(scope.clone(), scp.clone(), method.clone()), |(scope, scp, method)| {
+                    let mut claims = json!({"sub": "svc-a", "aud": "gatehouse", "client_id": "c"});
+                    if let Some(s) = scope {
+                        claims["scope"] = json!(s);
+                    }
+                    if let Some(s) = scp {
+                        claims["scp"] = s;
+                    }
+                    let Value::Object(mut claims) = claims else { unreachable!() };
+                    let mut headers = HeaderMap::new();
+                    let token = dev.mint(claims.clone()).unwrap();
+                    headers.insert(http::header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+                    let live = rt.block_on(authn.authenticate(&headers)).unwrap().principal;
+                    claims.insert("iss".into(), json!(dev.issuer));
+                    let tool = config.identity(claims.clone());
+                    prop_assert_eq!(&live.identity.scopes, &tool.scopes);
+                    let set = PolicySet::from_sources(&[SourceFile::new("p.toml", RULES)], &["crm"]).unwrap();
+                    let request = |identity| AccessRequest { route: "crm", method, path: "/crm/x", fold_case: false, subject: identity };
+                    let proxy = set.authorize(&request(&live.identity));
+                    let explained = set.explain(&request(&tool)).decision;
+                    prop_assert_eq!(&proxy, &explained);
+                    // policy test: the same claims in a [[test]] case, expecting what the proxy decided.
+                    let case = format!(
+                        "{RULES}\n[[test]]\nname = \"t\"\nmethod = \"{method}\"\npath = \"/crm/x\"\nexpect = \"{}\"\nrule = \"{}\"\nclaims = {}\n",
+                        proxy.effect,
+                        proxy.rule.as_str(),
+                        toml::Value::try_from(&claims).unwrap()
+                    );
+                    let with_case = PolicySet::from_sources(&[SourceFile::new("p.toml", case)], &["crm"]).unwrap();
+                    let resolve = |_: Option<&str>, path: &str| Ok(Resolved { route: "crm".into(), path: path.into(), fold_case: false });
+                    let failures = run_tests(&with_case, &resolve, &|c| config.identity(c));
+                    prop_assert!(failures.is_empty(), "{:?}", failures);
+                    Ok(())
+                })
+                .unwrap_or_else(|e| panic!("scope_claim = {which}: {e}"));
+        }
     }
 }

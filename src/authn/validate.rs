@@ -14,8 +14,8 @@ use serde_json::{Map, Value};
 
 use super::jwks::Issuer;
 use super::{AuthnError, Principal};
-use crate::authz::Subject;
-use crate::config::{ScopeClaim, parse_algorithm};
+use crate::config::parse_algorithm;
+use crate::identity::Identity;
 
 const ACCEPTED_TYP: [&str; 3] = ["JWT", "at+jwt", "application/at+jwt"];
 
@@ -113,18 +113,13 @@ pub async fn validate(token: &str, issuers: &HashMap<String, Arc<Issuer>>) -> Re
             return Err(AuthnError::NotYetValid);
         }
     }
-    let sub = match claims.get("sub") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        _ => return Err(malformed("sub is required")),
-    };
-    let string = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
-    let client_id = string("client_id").or_else(|| string("azp"));
-    let jti = string("jti");
-    let scopes = scopes(&claims, settings.scope_claim);
+    if !matches!(claims.get("sub"), Some(Value::String(s)) if !s.is_empty()) {
+        return Err(malformed("sub is required"));
+    }
     // Cache no longer than the configured TTL, and never past exp.
     let left = Duration::from_secs((exp + leeway).saturating_sub(now));
     let cache_until = Instant::now() + left.min(settings.verified_cache_ttl);
-    Ok(Principal { subject: Subject { iss: iss.to_owned(), sub, scopes, claims }, client_id, jti, cache_until })
+    Ok(Principal { identity: Identity::from_claims(claims, settings.scope_claim), cache_until })
 }
 
 fn decode_object(part: &str) -> Option<Map<String, Value>> {
@@ -133,26 +128,6 @@ fn decode_object(part: &str) -> Option<Map<String, Value>> {
         Value::Object(m) => Some(m),
         _ => None,
     }
-}
-
-/// Scopes from `scope` (space-separated) and/or `scp` (array).
-pub fn scopes(claims: &Map<String, Value>, which: ScopeClaim) -> Vec<String> {
-    let mut out = Vec::new();
-    if matches!(which, ScopeClaim::Scope | ScopeClaim::Both)
-        && let Some(Value::String(s)) = claims.get("scope")
-    {
-        out.extend(s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned));
-    }
-    if matches!(which, ScopeClaim::Scp | ScopeClaim::Both) {
-        match claims.get("scp") {
-            Some(Value::Array(a)) => out.extend(a.iter().filter_map(Value::as_str).map(str::to_owned)),
-            Some(Value::String(s)) => out.extend(s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned)),
-            _ => {}
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
 }
 
 fn unix_now() -> u64 {

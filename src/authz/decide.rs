@@ -7,7 +7,8 @@ use std::fmt::{self, Write as _};
 use serde_json::{Map, Value};
 
 use super::glob::PathGlob;
-use super::{AccessRequest, Effect, RuleId, Subject};
+use super::{AccessRequest, Effect, RuleId};
+use crate::identity::Identity;
 
 /// Which routes a rule applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,17 +70,17 @@ impl Rule {
     }
 
     /// `issuers`: empty = any issuer; else exact string equality with `iss`.
-    pub(crate) fn issuer_holds(&self, subject: &Subject) -> bool {
+    pub(crate) fn issuer_holds(&self, subject: &Identity) -> bool {
         self.issuers.is_empty() || self.issuers.iter().any(|i| **i == *subject.iss)
     }
 
     /// `scopes_all`: the first required scope the token lacks, if any.
-    pub(crate) fn missing_scope(&self, subject: &Subject) -> Option<&str> {
+    pub(crate) fn missing_scope(&self, subject: &Identity) -> Option<&str> {
         self.scopes_all.iter().find(|s| !subject.has_scope(s)).map(|s| &**s)
     }
 
     /// `scopes_any`: empty = no condition; else the token has one of them.
-    pub(crate) fn scopes_any_holds(&self, subject: &Subject) -> bool {
+    pub(crate) fn scopes_any_holds(&self, subject: &Identity) -> bool {
         self.scopes_any.is_empty() || self.scopes_any.iter().any(|s| subject.has_scope(s))
     }
 }
@@ -132,8 +133,9 @@ fn displays_as(value: &impl fmt::Display, expected: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{AccessRequest, DenyReason, Effect, PolicySet, Subject};
+    use super::super::{AccessRequest, DenyReason, Effect, PolicySet};
     use crate::diagnostic::SourceFile;
+    use crate::identity::{Identity, ScopeClaim};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -145,9 +147,9 @@ mod tests {
             .unwrap_or_else(|e| panic!("policy does not load: {}", e.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")))
     }
 
-    fn subject(claims: serde_json::Value) -> Subject {
+    fn subject(claims: serde_json::Value) -> Identity {
         match claims {
-            serde_json::Value::Object(map) => Subject::from_claims(map),
+            serde_json::Value::Object(map) => Identity::from_claims(map, ScopeClaim::Both),
             other => panic!("claims must be an object: {other}"),
         }
     }

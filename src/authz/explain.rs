@@ -157,8 +157,9 @@ pub(super) fn explain_rule(rule: &Rule, req: &AccessRequest<'_>) -> RuleExplanat
 
 #[cfg(test)]
 mod tests {
-    use super::super::{AccessRequest, PolicySet, Subject};
+    use super::super::{AccessRequest, PolicySet};
     use crate::diagnostic::SourceFile;
+    use crate::identity::{Identity, ScopeClaim};
     use serde_json::json;
 
     const POLICY: &str = r#"
@@ -191,9 +192,9 @@ methods = ["HEAD"]
         PolicySet::from_sources(&[SourceFile::new("p.toml", POLICY)], &["crm", "echo"]).unwrap_or_else(|e| panic!("{e:?}"))
     }
 
-    fn subject(claims: serde_json::Value) -> Subject {
+    fn subject(claims: serde_json::Value) -> Identity {
         match claims {
-            serde_json::Value::Object(m) => Subject::from_claims(m),
+            serde_json::Value::Object(m) => Identity::from_claims(m, ScopeClaim::Both),
             other => panic!("{other}"),
         }
     }

@@ -566,7 +566,7 @@ rule = "nope"
         std::fs::remove_dir_all(&dir).unwrap();
         let set = set.unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(set.rule_count(), 2);
-        let subject = super::super::Subject::default();
+        let subject = crate::identity::Identity::default();
         let d = set.authorize(&super::super::AccessRequest { route: "crm", method: "GET", path: "/", fold_case: false, subject: &subject });
         assert_eq!(d.rule, "from-a", "a.toml is loaded first");
     }

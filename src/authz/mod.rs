@@ -25,10 +25,11 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::diagnostic::{Diagnostic, SourceFile};
+use crate::identity::Identity;
 use decide::Rule;
 
 pub use explain::{Explanation, RuleExplanation};
-pub use testcases::{Resolve, TestFailure, run_tests};
+pub use testcases::{Identify, Resolve, Resolved, TestFailure, run_tests};
 
 /// The id of the built-in rule that decides when no policy rule matches.
 pub const DEFAULT_DENY: &str = "default-deny";
@@ -160,53 +161,8 @@ pub struct AccessRequest<'a> {
     /// The route's upstream reads paths without regard to ASCII case
     /// (`case_insensitive`): globs match so too.
     pub fold_case: bool,
-    /// The authenticated caller.
-    pub subject: &'a Subject,
-}
-
-/// What authorization needs to know about the caller, built by
-/// authentication from a validated token.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Subject {
-    /// The token's `iss` claim (empty when absent).
-    pub iss: String,
-    /// The token's `sub` claim (empty when absent).
-    pub sub: String,
-    /// Scopes from both `scope` and `scp`, without duplicates, in token order.
-    pub scopes: Vec<String>,
-    /// Every claim of the token.
-    pub claims: Map<String, Value>,
-}
-
-impl Subject {
-    /// Builds a subject from raw claims. Scopes are read from both `scope`
-    /// and `scp`, each either a space-separated string (RFC 8693 §4.2; Azure
-    /// AD's `scp`) or an array of strings (Okta's `scp`).
-    pub fn from_claims(claims: Map<String, Value>) -> Subject {
-        let text = |name: &str| match claims.get(name) {
-            Some(Value::String(s)) => s.clone(),
-            _ => String::new(),
-        };
-        let mut scopes: Vec<String> = Vec::new();
-        for name in ["scope", "scp"] {
-            let found: Vec<&str> = match claims.get(name) {
-                Some(Value::String(s)) => s.split_ascii_whitespace().collect(),
-                Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
-                _ => Vec::new(),
-            };
-            for scope in found {
-                if !scope.is_empty() && !scopes.iter().any(|s| s == scope) {
-                    scopes.push(scope.to_string());
-                }
-            }
-        }
-        Subject { iss: text("iss"), sub: text("sub"), scopes, claims }
-    }
-
-    /// True when the token carries `scope`.
-    pub fn has_scope(&self, scope: &str) -> bool {
-        self.scopes.iter().any(|s| s == scope)
-    }
+    /// The caller.
+    pub subject: &'a Identity,
 }
 
 /// The outcome of [`PolicySet::authorize`].
@@ -218,13 +174,6 @@ pub struct Decision {
     pub rule: RuleId,
     /// Why the request was denied; `None` when allowed.
     pub reason: Option<DenyReason>,
-}
-
-impl Decision {
-    /// True when the request may proceed.
-    pub fn is_allowed(&self) -> bool {
-        self.effect == Effect::Allow
-    }
 }
 
 /// What a rule does when it matches; also what a test case expects.
@@ -346,43 +295,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn claims(v: Value) -> Map<String, Value> {
-        match v {
-            Value::Object(m) => m,
-            other => panic!("not an object: {other}"),
-        }
-    }
-
     #[test]
     fn policy_set_and_decision_can_be_shared_across_threads() {
         fn shareable<T: Send + Sync>() {}
         shareable::<PolicySet>();
         shareable::<Arc<PolicySet>>();
         shareable::<Decision>();
-    }
-
-    #[test]
-    fn subject_reads_scopes_from_scope_string_and_scp_array_without_duplicates() {
-        let s = Subject::from_claims(claims(json!({
-            "iss": "https://idp", "sub": "svc-a",
-            "scope": "a  b\tc", "scp": ["c", "d", 7]
-        })));
-        assert_eq!(s.iss, "https://idp");
-        assert_eq!(s.sub, "svc-a");
-        assert_eq!(s.scopes, ["a", "b", "c", "d"]);
-        assert!(s.has_scope("d") && !s.has_scope("7"));
-    }
-
-    #[test]
-    fn subject_reads_a_space_separated_scp_string() {
-        let s = Subject::from_claims(claims(json!({"scp": "x y"})));
-        assert_eq!(s.scopes, ["x", "y"]);
-    }
-
-    #[test]
-    fn subject_without_iss_sub_or_scopes_is_empty_not_an_error() {
-        let s = Subject::from_claims(claims(json!({"iss": 5})));
-        assert_eq!((s.iss.as_str(), s.sub.as_str(), s.scopes.len()), ("", "", 0));
     }
 
     #[test]

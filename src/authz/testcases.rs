@@ -3,12 +3,31 @@
 
 use std::fmt;
 
-use super::{AccessRequest, DEFAULT_DENY, Effect, PolicySet, PolicyTestCase, Subject};
+use serde_json::{Map, Value};
 
-/// Resolves `(host, raw path)` to `(route name, normalized path)`, or says
-/// why it cannot (bad path, no route). Provided by the caller, so that test
-/// cases are routed exactly as live requests are.
-pub type Resolve<'a> = &'a dyn Fn(Option<&str>, &str) -> Result<(String, String), String>;
+use super::{AccessRequest, DEFAULT_DENY, Effect, PolicySet, PolicyTestCase};
+use crate::identity::Identity;
+
+/// Resolves `(host, raw path)` to the route and the path its policy sees,
+/// or says why the request is refused before authorization (bad path, no
+/// route). Provided by the caller, so that test cases are routed exactly as
+/// live requests are.
+pub type Resolve<'a> = &'a dyn Fn(Option<&str>, &str) -> Result<Resolved, String>;
+
+/// Turns a test case's claims into the caller's identity, as authentication
+/// does for a live token (the issuer's `scope_claim`).
+pub type Identify<'a> = &'a dyn Fn(Map<String, Value>) -> Identity;
+
+/// Where a request goes and the path the policy sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The route's name.
+    pub route: String,
+    /// The normalized path; in ASCII lower case when `fold_case`.
+    pub path: String,
+    /// The route is `case_insensitive`.
+    pub fold_case: bool,
+}
 
 /// A `[[test]]` case that did not get the outcome it expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,17 +51,21 @@ impl fmt::Display for TestFailure {
 /// A case whose request cannot be routed passes only when it expects `deny`
 /// and names no rule: the proxy refuses such a request (400/404) before any
 /// rule is consulted.
-pub fn run_tests(set: &PolicySet, resolve: Resolve<'_>) -> Vec<TestFailure> {
+pub fn run_tests(set: &PolicySet, resolve: Resolve<'_>, identify: Identify<'_>) -> Vec<TestFailure> {
     set.test_cases()
         .iter()
         .filter_map(|case| {
-            check(set, case, resolve).err().map(|message| TestFailure { file: case.file.clone(), name: case.name.clone(), message })
+            check(set, case, resolve, identify).err().map(|message| TestFailure {
+                file: case.file.clone(),
+                name: case.name.clone(),
+                message,
+            })
         })
         .collect()
 }
 
-fn check(set: &PolicySet, case: &PolicyTestCase, resolve: Resolve<'_>) -> Result<(), String> {
-    let (route, path) = match resolve(case.host.as_deref(), &case.path) {
+fn check(set: &PolicySet, case: &PolicyTestCase, resolve: Resolve<'_>, identify: Identify<'_>) -> Result<(), String> {
+    let Resolved { route, path, fold_case } = match resolve(case.host.as_deref(), &case.path) {
         Ok(resolved) => resolved,
         Err(why) => {
             return match (case.expect, &case.rule) {
@@ -54,8 +77,8 @@ fn check(set: &PolicySet, case: &PolicyTestCase, resolve: Resolve<'_>) -> Result
             };
         }
     };
-    let subject = Subject::from_claims(case.claims.clone());
-    let decision = set.authorize(&AccessRequest { route: &route, method: &case.method, path: &path, fold_case: false, subject: &subject });
+    let subject = identify(case.claims.clone());
+    let decision = set.authorize(&AccessRequest { route: &route, method: &case.method, path: &path, fold_case, subject: &subject });
     let by = if decision.rule == DEFAULT_DENY {
         "by default-deny (no rule matched)".to_string()
     } else {
@@ -78,14 +101,14 @@ mod tests {
     use crate::diagnostic::SourceFile;
 
     /// A stand-in for the proxy's router: a prefix table, no normalization.
-    fn fake_resolve(_host: Option<&str>, path: &str) -> Result<(String, String), String> {
+    fn fake_resolve(_host: Option<&str>, path: &str) -> Result<Resolved, String> {
         if path.contains("..") {
             return Err("bad path".to_string());
         }
         [("/echo/", "echo"), ("/crm/", "crm")]
             .iter()
             .find(|(prefix, _)| path.starts_with(prefix) || path == prefix.trim_end_matches('/'))
-            .map(|(_, route)| (route.to_string(), path.to_string()))
+            .map(|(_, route)| Resolved { route: route.to_string(), path: path.to_string(), fold_case: false })
             .ok_or_else(|| format!("no route for {path}"))
     }
 
@@ -134,7 +157,11 @@ expect = "allow"
     #[test]
     fn failing_cases_are_reported_with_file_name_and_why() {
         let set = PolicySet::from_sources(&[SourceFile::new("p.toml", POLICY)], &["crm", "echo"]).unwrap_or_else(|e| panic!("{e:?}"));
-        let failures: Vec<String> = run_tests(&set, &fake_resolve).iter().map(ToString::to_string).collect();
+        let failures: Vec<String> =
+            run_tests(&set, &fake_resolve, &|claims| Identity::from_claims(claims, crate::identity::ScopeClaim::Both))
+                .iter()
+                .map(ToString::to_string)
+                .collect();
         assert_eq!(
             failures,
             [
@@ -151,7 +178,11 @@ expect = "allow"
         let set = PolicySet::load(&dir, &["echo"])
             .unwrap_or_else(|e| panic!("{}", e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")));
         assert!(set.test_cases().len() >= 5, "the quickstart policy keeps at least 5 tests");
-        let failures: Vec<String> = run_tests(&set, &fake_resolve).iter().map(ToString::to_string).collect();
+        let failures: Vec<String> =
+            run_tests(&set, &fake_resolve, &|claims| Identity::from_claims(claims, crate::identity::ScopeClaim::Both))
+                .iter()
+                .map(ToString::to_string)
+                .collect();
         assert!(failures.is_empty(), "{failures:#?}");
     }
 }

@@ -14,6 +14,7 @@ use toml::Spanned;
 
 use crate::credential::{ClientAuth, CredentialSpec, OAuthClient};
 use crate::diagnostic::{Diagnostic, SourceFile, parse_toml_partial};
+pub use crate::identity::ScopeClaim;
 use crate::secret::Secret;
 use raw::*;
 
@@ -62,17 +63,6 @@ pub struct StoreSettings {
     pub location: String,
     /// Base64 keys; the first encrypts, all decrypt.
     pub keys: Vec<Secret>,
-}
-
-/// Which claims carry scopes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScopeClaim {
-    /// `scope`, a space-separated string.
-    Scope,
-    /// `scp`, an array of strings.
-    Scp,
-    /// Both (the default).
-    Both,
 }
 
 /// One `[[issuer]]`.
@@ -205,6 +195,16 @@ impl Config {
     /// The route names, for the policy loader.
     pub fn route_names(&self) -> Vec<&str> {
         self.routes.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    /// The caller's identity from these claims, exactly as authentication
+    /// builds it for a token of the issuer they name (its `scope_claim`;
+    /// both claims for an issuer not configured): for `policy test` and
+    /// `policy explain`.
+    pub fn identity(&self, claims: serde_json::Map<String, serde_json::Value>) -> crate::identity::Identity {
+        let iss = claims.get("iss").and_then(serde_json::Value::as_str);
+        let which = self.issuers.iter().find(|i| Some(i.issuer.as_str()) == iss).map_or(ScopeClaim::Both, |i| i.scope_claim);
+        crate::identity::Identity::from_claims(claims, which)
     }
 }
 

@@ -24,6 +24,7 @@ pub struct DevIssuer {
     pub issuer: String,
     kid: String,
     key: EncodingKey,
+    jwks: Arc<String>,
 }
 
 impl DevIssuer {
@@ -53,8 +54,14 @@ impl DevIssuer {
             "id_token_signing_alg_values_supported": ["ES256"],
         });
         let key = EncodingKey::from_ec_der(pkcs8.as_ref());
-        tokio::spawn(serve(listener, Arc::new(discovery.to_string()), Arc::new(jwks.to_string())));
-        Ok(Arc::new(Self { issuer, kid, key }))
+        let jwks = Arc::new(jwks.to_string());
+        tokio::spawn(serve(listener, Arc::new(discovery.to_string()), jwks.clone()));
+        Ok(Arc::new(Self { issuer, kid, key, jwks }))
+    }
+
+    /// The JWKS document it serves at `/jwks`.
+    pub fn jwks(&self) -> &str {
+        &self.jwks
     }
 
     /// Mints an ES256 token with these claims, adding `iss`, `iat` and, when
