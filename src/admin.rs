@@ -1,4 +1,4 @@
-//! The plain-HTTP admin listener (SPEC §8): `/healthz`, `/readyz`, `/metrics`.
+//! The plain-HTTP admin listener (docs/wire.md §14): `/healthz`, `/readyz`, `/metrics`.
 
 use std::convert::Infallible;
 use std::future::Future;

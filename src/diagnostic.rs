@@ -26,7 +26,7 @@ impl fmt::Display for Diagnostic {
 /// The text of a file together with the name to print for it.
 #[derive(Debug, Clone)]
 pub struct SourceFile {
-    /// The path as it was given (SPEC §1: config folder joined with the relative path).
+    /// The path as it was given (docs/commands.md: config folder joined with the relative path).
     pub name: String,
     pub text: String,
 }

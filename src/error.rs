@@ -43,7 +43,7 @@ struct Answer {
 const REALM: &str = "Bearer realm=\"gatehouse\"";
 
 impl ProxyError {
-    /// The audit reason code (SPEC §7).
+    /// The audit reason code (docs/audit.md).
     pub fn reason(&self) -> &'static str {
         match self {
             Self::BadRequest(_) => "bad_path",
@@ -155,7 +155,7 @@ impl ProxyError {
     }
 
     /// The answer to send, with the request id in the header and the body.
-    pub fn into_response(&self, request_id: &str) -> Response<ProxyBody> {
+    pub fn to_response(&self, request_id: &str) -> Response<ProxyBody> {
         let a = self.answer();
         let body = serde_json::json!({
             "error": a.error,
@@ -168,7 +168,7 @@ impl ProxyError {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Ok(v) = HeaderValue::from_str(request_id) {
-            h.insert(crate::forward::X_REQUEST_ID, v);
+            h.insert(crate::headers::X_REQUEST_ID, v);
         }
         if let Some(w) = a.www_authenticate
             && let Ok(v) = HeaderValue::from_str(&w)

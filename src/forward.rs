@@ -1,5 +1,5 @@
 //! Forwarding: pooled keep-alive connections per upstream and worker (http, https with
-//! `ca_file`, h1 and h2), the upstream URI, header hygiene (SPEC §6) and
+//! `ca_file`, h1 and h2), the upstream URI, header hygiene (docs/wire.md §10) and
 //! the connect/response timeouts (502/504).
 
 use std::fmt;
@@ -17,16 +17,14 @@ use tower::Service;
 
 use crate::body::ProxyBody;
 use crate::config::UpstreamSettings;
+use crate::headers::{X_GATEHOUSE_ISS, X_GATEHOUSE_SUB, X_REQUEST_ID};
 use crate::outbound::{client_tls, error_chain};
 
 mod pool;
 
-pub use pool::UpstreamBody;
-use pool::{Lane, PoolLimits};
+use pool::{Lane, PoolLimits, lane};
+pub use pool::{UpstreamBody, set_lane};
 
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub const X_GATEHOUSE_SUB: HeaderName = HeaderName::from_static("x-gatehouse-sub");
-pub const X_GATEHOUSE_ISS: HeaderName = HeaderName::from_static("x-gatehouse-iss");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -80,7 +78,7 @@ impl std::error::Error for ForwardError {}
 /// One upstream's connections and address.
 pub struct Forwarder {
     connector: HttpsConnector<HttpConnector>,
-    /// One pool per worker thread (`crate::server::lane`).
+    /// One pool per worker thread ([`set_lane`]).
     lanes: Box<[Arc<Lane>]>,
     limits: PoolLimits,
     scheme: http::uri::Scheme,
@@ -157,7 +155,7 @@ impl Forwarder {
     /// on a new one. A request a pooled connection refused before sending
     /// any of it (the upstream had closed it) moves on to the next.
     async fn exchange(&self, mut req: Request<ProxyBody>) -> Result<Response<UpstreamBody>, ForwardError> {
-        let lane = &self.lanes[crate::server::lane() % self.lanes.len()];
+        let lane = &self.lanes[lane() % self.lanes.len()];
         if let Some(mut tx) = lane.h2() {
             self.for_h2(&mut req);
             match tx.try_send_request(req).await {

@@ -2,10 +2,22 @@
 //! policy files decide; upstreams get short-lived OAuth credentials; every
 //! request leaves one hash-chained audit record.
 //!
-//! The request path is [`proxy::handle`]; [`run`] wires everything.
+//! The request path is `proxy::handle`; [`run`] wires everything.
+//!
+//! Layers, bottom first: untrusted, secret, diagnostic, identity, metrics,
+//! body, headers, request, store, credential, config, tls, outbound, route,
+//! authn, authz, audit, forward, error, proxy, server, admin, reload, lib,
+//! dev. A module imports only modules below it in this list (outside its
+//! tests): data flows one way, from the caller's bytes to the audit record,
+//! and the leaves that every stage shares sit at the bottom.
+//! `tests/layering.rs` checks it.
+//!
+//! Public are the modules the binary, the integration tests and the
+//! benchmarks use; the pipeline's stages (proxy, forward, error, server,
+//! admin, reload) are private to the crate.
 #![forbid(unsafe_code)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod audit;
 pub mod authn;
 pub mod authz;
@@ -13,21 +25,22 @@ pub mod body;
 pub mod config;
 pub mod credential;
 pub mod dev;
-pub mod diagnostic;
-pub mod error;
-pub mod forward;
+pub(crate) mod diagnostic;
+pub(crate) mod error;
+pub(crate) mod forward;
+pub(crate) mod headers;
 pub mod identity;
 pub mod metrics;
 pub mod outbound;
-pub mod proxy;
-pub mod reload;
+pub(crate) mod proxy;
+pub(crate) mod reload;
 pub mod request;
 pub mod route;
 pub mod secret;
-pub mod server;
+pub(crate) mod server;
 pub mod store;
 pub mod tls;
-pub mod untrusted;
+pub(crate) mod untrusted;
 
 #[cfg(test)]
 mod fuzz;

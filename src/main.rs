@@ -1,4 +1,4 @@
-//! The `gatehouse` command line (SPEC §1): logging set-up, commands, exit codes.
+//! The `gatehouse` command line (docs/commands.md): logging set-up, commands, exit codes.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC §8). Every label set is known when the config is
+//! Prometheus metrics (docs/wire.md §14). Every label set is known when the config is
 //! loaded (routes, issuers, upstreams), so counters live in fixed tables of
 //! atomics: recording never takes a lock.
 

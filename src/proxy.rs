@@ -1,4 +1,4 @@
-//! The request pipeline (SPEC §4), top to bottom:
+//! The request pipeline (docs/wire.md), top to bottom:
 //! parse → normalize → route → authenticate → authorize → inject → forward → audit.
 //! Each stage returns its own error; [`ProxyError`] turns it into the answer.
 //! Every request produces exactly one audit record, whatever stage stopped
@@ -20,12 +20,13 @@ use crate::authz::{AccessRequest, Effect, PolicySet};
 use crate::body::{self, Inbound, InboundState, ProxyBody, StreamEnd, Tracked};
 use crate::credential::{Caller, UpstreamCredential};
 use crate::error::ProxyError;
-use crate::forward::{Added, ForwardError, Forwarder, UpstreamBody, X_REQUEST_ID, strip_hop_by_hop, upstream_headers};
+use crate::forward::{Added, ForwardError, Forwarder, UpstreamBody, strip_hop_by_hop, upstream_headers};
+use crate::headers::X_REQUEST_ID;
 use crate::metrics::Metrics;
 use crate::request::{RequestMeta, check_ambiguity};
 use crate::route::Router;
 
-/// Bodies up to this size are kept so a request can be retried once (SPEC §4).
+/// Bodies up to this size are kept so a request can be retried once (docs/wire.md).
 const REPLAY_LIMIT: u64 = 64 * 1024;
 
 /// One upstream: its client and its credential.
@@ -64,7 +65,7 @@ pub async fn handle(gw: Arc<Gateway>, conn: Arc<ConnInfo>, req: Request<Incoming
     // the log cannot be written: nothing is served unaudited.
     let admitted = gw.audit.admit().await;
     if admitted == Err(Refused::WithoutRecord) {
-        return ProxyError::AuditUnavailable.into_response(&request_id);
+        return ProxyError::AuditUnavailable.to_response(&request_id);
     }
     let mut record = Record::new(gw.clone(), &conn, &req, &request_id);
     let header_id = HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("invalid"));
@@ -83,7 +84,7 @@ pub async fn handle(gw: Arc<Gateway>, conn: Arc<ConnInfo>, req: Request<Incoming
         }
         Err(e) => {
             e.log(&request_id);
-            let resp = e.into_response(&request_id);
+            let resp = e.to_response(&request_id);
             let bytes_out = resp.body().size_hint().exact().unwrap_or(0);
             record.finish(resp.status(), Some(e.reason()), bytes_out, StreamEnd::Complete);
             resp

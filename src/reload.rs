@@ -1,4 +1,4 @@
-//! Policy hot reload (SPEC §3): the policy folder is watched (polled, with
+//! Policy hot reload (docs/policy.md): the policy folder is watched (polled, with
 //! a short debounce) and reloaded on SIGHUP. A new set is built and
 //! validated off the request path and swapped whole; a broken set is
 //! refused, the old one stays, and a `policy_reload` record says why.
@@ -13,7 +13,7 @@ use crate::audit::{AuditEvent, Outcome, ReloadRecord};
 use crate::authz::PolicySet;
 use crate::proxy::Gateway;
 
-/// How often the folder is looked at; changes apply well within SPEC's 2 s.
+/// How often the folder is looked at; changes apply well within the promised 2 s.
 const POLL: Duration = Duration::from_millis(250);
 
 /// Longest a change waits for the folder to settle before it is applied.

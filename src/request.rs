@@ -1,5 +1,5 @@
 //! First stage after TLS: the request head becomes a [`RequestMeta`], with the
-//! path normalized exactly per SPEC §4. The normalized path is both the one
+//! path normalized exactly per docs/wire.md. The normalized path is both the one
 //! matched and the one forwarded.
 
 use std::fmt;
@@ -132,7 +132,7 @@ pub fn check_ambiguity(path: &str, allow: PathAllowances) -> Result<(), RequestE
     Ok(())
 }
 
-/// SPEC §4 normalization, in order: decode escapes of unreserved characters,
+/// docs/wire.md §3 normalization, in order: decode escapes of unreserved characters,
 /// upper-case the hex of the escapes left, merge runs of `/`, resolve `.` and
 /// `..` (RFC 3986 §5.2.4). Encoded `/` or `\`, raw `\`, control characters,
 /// malformed escapes, fragments and `..` above the root are refused.

@@ -10,7 +10,6 @@ use crate::request::PathAllowances;
 pub struct Route {
     pub name: Arc<str>,
     pub prefix: String,
-    pub upstream: Arc<str>,
     pub strip_prefix: bool,
     pub host: Option<String>,
     /// Path spellings this route lets through (refused by default).
@@ -49,7 +48,6 @@ impl Router {
                 Some(Arc::new(Route {
                     name: s.name.as_str().into(),
                     prefix: s.path_prefix.clone(),
-                    upstream: s.upstream.as_str().into(),
                     strip_prefix: s.strip_prefix,
                     host: s.host.clone(),
                     allow: s.allow,
@@ -65,10 +63,6 @@ impl Router {
     /// The most specific route for a lower-cased, port-less host and a normalized path.
     pub fn find(&self, host: Option<&str>, path: &str) -> Result<&Arc<Route>, NoRoute> {
         self.routes.iter().find(|r| r.host.as_deref().is_none_or(|h| Some(h) == host) && prefix_matches(&r.prefix, path)).ok_or(NoRoute)
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.routes.iter().map(|r| &*r.name)
     }
 }
 

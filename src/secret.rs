@@ -17,7 +17,7 @@ impl Secret {
         &self.0
     }
 
-    /// Reads a secret file, trimming one trailing newline (SPEC §2).
+    /// Reads a secret file, trimming one trailing newline (docs/config.md).
     pub fn from_file(path: &std::path::Path) -> std::io::Result<Self> {
         let mut s = std::fs::read_to_string(path)?;
         trim_one_newline(&mut s);

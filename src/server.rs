@@ -3,7 +3,6 @@
 //! limits, idle keep-alive timeout (an idle HTTP/1.1 connection gives its
 //! HTTP state back until its next request), and graceful drain.
 
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,16 +26,6 @@ use crate::body::ProxyBody;
 use crate::config::Limits;
 use crate::proxy::{ConnInfo, Gateway, handle};
 use crate::tls::TlsSource;
-
-thread_local! {
-    static LANE: Cell<usize> = const { Cell::new(0) };
-}
-
-/// The index of the worker thread running the caller; 0 off the workers.
-/// Per-worker state (the upstream connection pools) is picked by it.
-pub fn lane() -> usize {
-    LANE.with(Cell::get)
-}
 
 /// An accepted connection on its way to a worker.
 struct Accepted {
@@ -84,7 +73,7 @@ pub async fn serve(listener: TcpListener, tls: TlsSource, gw: Arc<Gateway>, limi
         let (tx, rx) = mpsc::unbounded_channel::<Accepted>();
         let (shared, alive) = (shared.clone(), alive_tx.clone());
         let spawned = std::thread::Builder::new().name(format!("gatehouse-w{i}")).spawn(move || {
-            LANE.set(i);
+            crate::forward::set_lane(i);
             runtime.block_on(worker(rx, shared, alive));
         });
         match spawned {

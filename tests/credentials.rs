@@ -1,5 +1,5 @@
 //! Upstream credentials are injected and refreshed without a dropped
-//! request (SPEC §2 credential kinds, §4 the retry rule, §5, §7), against a
+//! request (docs/config.md §10, docs/wire.md §9 and §12, docs/audit.md), against a
 //! loopback OAuth-protected API that refuses expired or revoked tokens:
 //! single flight, refresh ahead under load, outage and recovery, the
 //! one-retry rule after an upstream 401, refresh-token rotation persisted
@@ -355,7 +355,7 @@ async fn token_endpoint_outage_keeps_the_cached_token_until_5s_before_expiry_the
     proxy.stop().await;
     assert!(refresh_records(&env).iter().filter(|r| r["outcome"] == "ok").count() >= 2, "the recovery fetch was recorded");
 
-    // SPEC §2: never used within 5 s of its expiry (50 ms for the hop from gatehouse to the API).
+    // docs/config.md §11: never used within 5 s of its expiry (50 ms for the hop from gatehouse to the API).
     let late: Vec<Duration> = api
         .presented()
         .iter()
@@ -363,10 +363,10 @@ async fn token_endpoint_outage_keeps_the_cached_token_until_5s_before_expiry_the
         .filter(|p| p.at + Duration::from_secs(5) > cached.expires_at + Duration::from_millis(50))
         .map(|p| cached.expires_at.saturating_duration_since(p.at))
         .collect();
-    assert!(late.is_empty(), "an 8 s token was still used this long before its expiry (SPEC: never within 5 s): {late:?}");
+    assert!(late.is_empty(), "an 8 s token was still used this long before its expiry (never within 5 s): {late:?}");
 }
 
-// ---------------------------------------------------------------- the retry after an upstream 401 (SPEC §4)
+// ---------------------------------------------------------------- the retry after an upstream 401 (docs/wire.md)
 
 #[tokio::test]
 async fn revoked_token_bodyless_request_gets_200_after_one_refresh_and_one_retry() {

@@ -1,6 +1,6 @@
 //! The data path over real loopback sockets and real TLS handshakes:
-//! h1/h2 callers, http/https/h2 upstreams, prefix stripping, SPEC §4 path
-//! rules and refusals, SPEC §6 header hygiene, limits and timeouts.
+//! h1/h2 callers, http/https/h2 upstreams, prefix stripping, docs/wire.md §3-4 path
+//! rules and refusals, §10 header hygiene, limits and timeouts.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code: a failed step is a failed test")]
 

@@ -2,7 +2,7 @@
 //! Flask (Werkzeug), Starlette (uvicorn) and Express 5, each with an admin
 //! area that gatehouse's policy denies.
 //!
-//! gatehouse matches its policy globs on the path it normalized (SPEC §4) and
+//! gatehouse matches its policy globs on the path it normalized (docs/wire.md) and
 //! forwards that same path. A framework that decodes, folds case or resolves
 //! segments in its own way could still route a spelling the policy let
 //! through to the handler the policy meant to protect. So every spelling in

@@ -1,4 +1,4 @@
-//! Secret hygiene proven by test (SPEC §7 "No record ever holds a token, a
+//! Secret hygiene proven by test (docs/audit.md §11 "No record ever holds a token, a
 //! secret, or a query string value"; STYLE 7): the real binary, logging at
 //! debug, runs every credential kind at once through good and failing
 //! requests; afterwards no audit file, no stderr line and no refusal

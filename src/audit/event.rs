@@ -26,8 +26,6 @@ pub enum AuditEvent {
     CredentialRefresh(CredentialRefreshRecord),
     /// `event = "policy_reload"`: the policy folder was reloaded.
     PolicyReload(ReloadRecord),
-    /// `event = "config_reload"`: the configuration was reloaded.
-    ConfigReload(ReloadRecord),
 }
 
 impl AuditEvent {
@@ -37,7 +35,6 @@ impl AuditEvent {
             Self::Request(_) => "request",
             Self::CredentialRefresh(_) => "credential_refresh",
             Self::PolicyReload(_) => "policy_reload",
-            Self::ConfigReload(_) => "config_reload",
         }
     }
 }
@@ -233,7 +230,7 @@ pub fn encode_record(
     let written = match event {
         AuditEvent::Request(record) => serde_json::to_writer(&mut *out, record),
         AuditEvent::CredentialRefresh(record) => serde_json::to_writer(&mut *out, record),
-        AuditEvent::PolicyReload(record) | AuditEvent::ConfigReload(record) => serde_json::to_writer(&mut *out, record),
+        AuditEvent::PolicyReload(record) => serde_json::to_writer(&mut *out, record),
     };
     // The members are spliced in: the body's `{` becomes the joining comma
     // and its `}` is dropped. Every record struct has at least one member.
@@ -415,13 +412,11 @@ mod tests {
     }
 
     #[test]
-    fn reload_events_use_their_own_event_names() {
+    fn reload_events_use_their_own_event_name() {
         let record = ReloadRecord { outcome: Outcome::Error, error: Some("policies/a.toml:3:1: unknown key".to_owned()), detail: None };
         let ts = datetime!(2026-11-28 12:00:00 UTC);
-        let (policy, _) = line_of(ts, &AuditEvent::PolicyReload(record.clone()), &ChainHash::GENESIS);
-        let (config, _) = line_of(ts, &AuditEvent::ConfigReload(record), &ChainHash::GENESIS);
+        let (policy, _) = line_of(ts, &AuditEvent::PolicyReload(record), &ChainHash::GENESIS);
         assert!(policy.contains(r#""event":"policy_reload","outcome":"error","error":"policies/a.toml:3:1: unknown key","detail":null,"#));
-        assert!(config.contains(r#""event":"config_reload","outcome":"error","#));
     }
 
     #[test]

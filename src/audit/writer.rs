@@ -64,14 +64,6 @@ pub enum AuditPath {
     Stdout,
 }
 
-impl AuditPath {
-    /// Reads the config value `[audit] path`: `"-"` is stdout; a relative
-    /// path is taken relative to `config_dir`.
-    pub fn from_config(value: &str, config_dir: &Path) -> Self {
-        if value == "-" { Self::Stdout } else { Self::File(config_dir.join(value)) }
-    }
-}
-
 /// Settings of the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditConfig {
@@ -1054,13 +1046,6 @@ mod tests {
         assert!(name < later);
         assert_eq!(rotation_stamp(path, Path::new("/var/log/audit.jsonl.old")), None);
         assert_eq!(rotation_stamp(path, Path::new("/var/log/other.jsonl.20261128T120000.123Z")), None);
-    }
-
-    #[test]
-    fn config_path_dash_means_stdout() {
-        let dir = Path::new("/etc/gatehouse");
-        assert_eq!(AuditPath::from_config("-", dir), AuditPath::Stdout);
-        assert_eq!(AuditPath::from_config("audit/a.jsonl", dir), AuditPath::File(PathBuf::from("/etc/gatehouse/audit/a.jsonl")));
     }
 
     #[tokio::test]

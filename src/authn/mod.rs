@@ -1,4 +1,4 @@
-//! Caller authentication (SPEC §4, §5): exactly one `Authorization: Bearer`
+//! Caller authentication (docs/wire.md §6 and §9): exactly one `Authorization: Bearer`
 //! JWT, verified against the issuer's cached keys, becomes a [`Principal`].
 //! Repeat tokens are served from a verified-token cache keyed by a hash of
 //! the token, so the hot path skips signature checks.
@@ -54,7 +54,7 @@ pub enum AuthnError {
 }
 
 impl AuthnError {
-    /// The audit reason code (SPEC §7).
+    /// The audit reason code (docs/audit.md).
     pub fn reason(&self) -> &'static str {
         match self {
             Self::MissingToken => "missing_token",
@@ -123,7 +123,8 @@ impl Authenticator {
     }
 
     /// Installs a JWKS for `issuer` as if it had been fetched (benchmarks
-    /// and tools; the proxy fetches keys itself).
+    /// and tests; the proxy fetches keys itself).
+    #[doc(hidden)]
     pub fn install_jwks(&self, issuer: &str, jwks: &[u8]) -> Result<(), String> {
         let i = self.issuers.get(issuer).ok_or_else(|| format!("no issuer {issuer}"))?;
         i.install(jwks::parse_jwks(jwks)?);
@@ -132,6 +133,7 @@ impl Authenticator {
 
     /// Full validation, skipping the verified-token cache (what a token
     /// seen for the first time costs; benchmarks).
+    #[doc(hidden)]
     pub async fn authenticate_uncached(&self, headers: &HeaderMap) -> Result<Arc<Principal>, AuthnError> {
         let token = bearer_token(headers)?;
         Ok(Arc::new(validate::validate(token, &self.issuers).await?))

@@ -1,5 +1,5 @@
 //! Path globs of policy rules, compiled once at load and matched against the
-//! normalized request path (SPEC §3, §4) without allocating.
+//! normalized request path (docs/policy.md §3, docs/wire.md §3) without allocating.
 //!
 //! A glob is a `/`-separated list of segments:
 //! - `**` matches zero or more whole segments;
@@ -209,7 +209,7 @@ fn is_path_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@%".contains(c)
 }
 
-/// Applies the path normalization of SPEC §4 to one literal piece: decode
+/// Applies the path normalization of docs/wire.md §3 to one literal piece: decode
 /// escapes of unreserved characters, upper-case the hex of the others, refuse
 /// encoded `/` and `\` and malformed escapes.
 fn normalize_escapes(piece: &str) -> Result<String, String> {

@@ -234,7 +234,7 @@ impl FileChecker<'_, '_> {
         } else {
             format!("routes are: {}, or \"*\"", self.checker.routes.join(", "))
         };
-        // SPEC §1: an unknown route name is reported at its `route =` value.
+        // docs/commands.md: an unknown route name is reported at its `route =` value.
         self.report(route.span().start, format!("unknown route {name:?} ({known})"));
         None
     }

@@ -1,4 +1,4 @@
-//! Authorization: the policy files of SPEC §3, compiled once into an
+//! Authorization: the policy files of docs/policy.md, compiled once into an
 //! immutable [`PolicySet`], and a pure decision function over it.
 //!
 //! Decision order: a matching `deny` rule wins (the first one in load order;
@@ -202,7 +202,7 @@ impl fmt::Display for Effect {
     }
 }
 
-/// Why a request was denied, as the audit record's `reason` (SPEC §7).
+/// Why a request was denied, as the audit record's `reason` (docs/audit.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DenyReason {

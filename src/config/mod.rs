@@ -1,4 +1,4 @@
-//! Config file (SPEC §2): parsed once into typed values. Every problem in the
+//! Config file (docs/config.md): parsed once into typed values. Every problem in the
 //! file is reported at once as `FILE:LINE:COL: message`.
 
 mod raw;
@@ -159,7 +159,7 @@ pub struct RouteSettings {
 /// An upstream token younger than this is not refetched for a 401.
 pub const DEFAULT_MIN_TOKEN_AGE: Duration = Duration::from_secs(5);
 
-/// Default signature algorithms (SPEC §2).
+/// Default signature algorithms (docs/config.md).
 pub const DEFAULT_ALGORITHMS: [Algorithm; 9] = [
     Algorithm::RS256,
     Algorithm::RS384,

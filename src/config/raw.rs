@@ -1,4 +1,4 @@
-//! The config file exactly as written (SPEC §2): serde structs with spans,
+//! The config file exactly as written (docs/config.md): serde structs with spans,
 //! unknown keys refused. Nothing here is validated; see `super::validate`.
 
 use serde::Deserialize;

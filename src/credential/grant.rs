@@ -25,7 +25,9 @@ const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// The env var and value of the crash-test failpoint: abort after a rotated
 /// refresh token was received and before it is committed (the kill -9 test
 /// proves the old token is still in the store then). Nothing else reads it.
+#[cfg(feature = "failpoints")]
 const FAILPOINT_VAR: &str = "GATEHOUSE_FAILPOINT";
+#[cfg(feature = "failpoints")]
 const FAILPOINT_AFTER_ROTATION: &str = "after_rotation_received";
 
 /// Which OAuth grant an upstream uses.
@@ -169,6 +171,7 @@ impl Grant {
             Err(other) => return Err(self.describe(other)),
         };
         if let Some(rotated) = answer.refresh_token.as_ref().filter(|new| **new != stored) {
+            #[cfg(feature = "failpoints")]
             if std::env::var(FAILPOINT_VAR).as_deref() == Ok(FAILPOINT_AFTER_ROTATION) {
                 std::process::abort();
             }

@@ -1,4 +1,4 @@
-//! Upstream credentials (SPEC §2 "Credential kinds", §4 the 401 retry).
+//! Upstream credentials (docs/config.md §10, docs/wire.md §12 the 401 retry).
 //!
 //! One [`UpstreamCredential`] per upstream answers "what goes on the upstream
 //! request". For the OAuth kinds it keeps the access token in a lock-free
@@ -13,8 +13,9 @@
 //! of its life. When 80 % of the lifetime lies past the usable window, the
 //! refresh comes at 80 % of the usable window instead.
 //!
-//! Crash-test failpoint: with `GATEHOUSE_FAILPOINT=after_rotation_received`
-//! in the environment, the process aborts (`std::process::abort`) after a
+//! Crash-test failpoint, compiled only with the test-only cargo feature
+//! `failpoints`: with `GATEHOUSE_FAILPOINT=after_rotation_received` in the
+//! environment, the process aborts (`std::process::abort`) after a
 //! rotated refresh token was received and before it is committed to the
 //! store, for the kill -9 test. Nothing else reads that variable.
 
@@ -198,7 +199,7 @@ struct SharedToken {
     slot: Arc<Slot>,
 }
 
-/// The token-exchange cache key: `iss`, `sub` and `client_id` (SPEC §2:
+/// The token-exchange cache key: `iss`, `sub` and `client_id` (docs/config.md §11:
 /// never shared between two clients acting for the same subject).
 type CallerKey = (String, String, Option<String>);
 
@@ -337,7 +338,8 @@ impl UpstreamCredential {
 
     /// Drops the token cached for this caller, so the next
     /// [`header`](Self::header) fetches a fresh one.
-    pub fn invalidate(&self, caller: Caller<'_>) {
+    #[cfg(test)]
+    pub(crate) fn invalidate(&self, caller: Caller<'_>) {
         if let Some(slot) = self.slot_of(caller) {
             slot.invalidate();
         }
@@ -353,18 +355,13 @@ impl UpstreamCredential {
         self.slot_of(caller).is_some_and(|slot| slot.invalidate_value(used, min_age))
     }
 
-    /// True for the OAuth kinds (SPEC §4: their 401 that survives the retry
+    /// True for the OAuth kinds (docs/wire.md §12: their 401 that survives the retry
     /// becomes 502 `upstream_credential_rejected`).
     pub fn is_oauth(&self) -> bool {
         match &self.inner.source {
             Source::Shared(_) | Source::Exchange { .. } => true,
             Source::Static { .. } | Source::Passthrough | Source::None => false,
         }
-    }
-
-    /// The upstream this credential is for.
-    pub fn upstream(&self) -> &str {
-        &self.inner.upstream
     }
 
     fn slot_of(&self, caller: Caller<'_>) -> Option<Arc<Slot>> {

@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
 
-/// The timing rules of SPEC §2, in one place so tests can shorten them.
+/// The timing rules of docs/config.md, in one place so tests can shorten them.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Timing {
     /// A token is never used this close to its expiry...
@@ -68,7 +68,7 @@ impl Token {
     /// A token that lives `lifetime` from `issued` (taken before the request
     /// was sent, so the estimate errs on the early side).
     pub fn new(value: HeaderValue, lifetime: Duration, issued: Instant, timing: &Timing) -> Self {
-        // SPEC §2: never used within `expiry_margin` (5 s) of its expiry.
+        // docs/config.md §11: never used within `expiry_margin` (5 s) of its expiry.
         // A token that does not even live that long cannot keep the rule;
         // it is used for the first half of its life only.
         let margin = if lifetime > timing.expiry_margin { timing.expiry_margin } else { lifetime / 2 };
@@ -185,6 +185,7 @@ impl Slot {
     }
 
     /// Drops the cached token so the next caller fetches a new one.
+    #[cfg(test)]
     pub fn invalidate(&self) {
         self.token.store(None);
         self.changed.notify_one();

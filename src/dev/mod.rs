@@ -1,4 +1,4 @@
-//! `gatehouse dev` (SPEC §9): one command, no file and no network needed.
+//! `gatehouse dev` (docs/commands.md §10): one command, no file and no network needed.
 //! It creates a dev CA and a localhost certificate under `certs/`, starts
 //! a development issuer and an echo upstream on loopback, loads
 //! `policies/`, and prints a token and a `curl` line that goes through the

@@ -7,6 +7,7 @@
 //! half-read takes its connection down with it. An HTTP/2 connection is
 //! shared by every request of its worker.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -19,6 +20,21 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 
 use crate::body::ProxyBody;
+
+thread_local! {
+    static LANE: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the current thread as worker `index`: the requests it sends use
+/// that worker's pools. The server calls it once when it starts a worker.
+pub fn set_lane(index: usize) {
+    LANE.set(index);
+}
+
+/// The index of the worker thread running the caller; 0 off the workers.
+pub(super) fn lane() -> usize {
+    LANE.with(Cell::get)
+}
 
 /// How long an idle connection is kept, and how many at most per worker.
 #[derive(Clone, Copy, Debug)]

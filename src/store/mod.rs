@@ -1,4 +1,4 @@
-//! The encrypted store for upstream refresh tokens (SPEC §2 `[store]`).
+//! The encrypted store for upstream refresh tokens (docs/config.md §5).
 //!
 //! Every value is sealed with AES-256-GCM before it reaches the backend (see
 //! [`envelope`]), so a copy of the database file or table reveals no token.
@@ -7,7 +7,8 @@
 //! pass the same [`conformance`] suite.
 
 #[doc(hidden)]
-pub mod conformance;
+#[cfg(test)]
+mod conformance;
 mod envelope;
 mod sqlite;
 
