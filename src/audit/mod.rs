@@ -14,6 +14,7 @@
 
 mod event;
 mod query;
+mod target;
 mod verify;
 mod writer;
 
@@ -22,10 +23,10 @@ pub use event::{
     format_time,
 };
 pub use query::{QueryFilter, QueryOutput, query};
+pub use target::rotated_files;
 #[cfg(test)]
 pub(crate) use verify::parse_line;
 pub use verify::{VerifyError, VerifySummary, verify_files};
 pub use writer::{
     AuditClosed, AuditConfig, AuditPath, AuditSink, AuditWriter, DEFAULT_CHANNEL_CAPACITY, DEFAULT_MAX_FILE_BYTES, Refused, open,
-    rotated_files,
 };

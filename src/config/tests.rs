@@ -1,4 +1,5 @@
 use super::*;
+use crate::credential::ClientAuth;
 use std::io::Write;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
