@@ -93,7 +93,7 @@ pub async fn run(config: Config, listeners: Listeners, hup: Arc<Notify>, shutdow
             AuditTarget::File(p) => AuditPath::File(p.clone()),
         },
         max_file_bytes: config.audit.max_file_bytes,
-        channel_capacity: 16_384,
+        channel_capacity: audit::DEFAULT_CHANNEL_CAPACITY,
     };
     let (sink, writer) = audit::open(&audit_config).map_err(|e| fail(format!("cannot open the audit log: {e}")))?;
     let writer = tokio::spawn(writer.run());

@@ -38,9 +38,9 @@ use super::event::{AuditEvent, ChainHash, encode_record};
 use super::target::{FileTarget, Target};
 
 /// Rotation threshold used by [`AuditConfig::new`]: 100 MiB.
-pub const DEFAULT_MAX_FILE_BYTES: u64 = 100 * 1024 * 1024;
+pub const DEFAULT_MAX_FILE_BYTES: u64 = crate::config::defaults::AUDIT_MAX_FILE_BYTES;
 /// Queue capacity used by [`AuditConfig::new`].
-pub const DEFAULT_CHANNEL_CAPACITY: usize = 16_384;
+pub const DEFAULT_CHANNEL_CAPACITY: usize = crate::config::defaults::AUDIT_QUEUE;
 
 /// A batch is written at least this often while records keep arriving.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(50);

@@ -105,7 +105,7 @@ impl Authenticator {
         }
         // A first bound before any decoding; each issuer's own limit is
         // applied once the token names its issuer.
-        let max_token_bytes = settings.iter().map(|s| s.max_token_bytes).max().unwrap_or(16 * 1024);
+        let max_token_bytes = settings.iter().map(|s| s.max_token_bytes).max().unwrap_or(crate::config::defaults::MAX_TOKEN_BYTES);
         let verified = moka::sync::Cache::builder().max_capacity(100_000).expire_after(CacheUntil).build();
         Ok(Self { issuers, verified, max_token_bytes })
     }

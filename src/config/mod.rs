@@ -2,6 +2,7 @@
 //! file is reported at once as `FILE:LINE:COL: message`.
 
 mod credential;
+pub mod defaults;
 mod raw;
 mod validate;
 
@@ -155,9 +156,6 @@ pub struct RouteSettings {
     /// Policy globs match this route's paths without regard to ASCII case.
     pub case_insensitive: bool,
 }
-
-/// An upstream token younger than this is not refetched for a 401.
-pub const DEFAULT_MIN_TOKEN_AGE: Duration = Duration::from_secs(5);
 
 /// Default signature algorithms (docs/config.md).
 pub const DEFAULT_ALGORITHMS: [Algorithm; 9] = [

@@ -68,14 +68,17 @@ impl Validator<'_> {
         let listen = self.listen(raw.listen.get_ref());
         let admin = raw.admin.as_ref().and_then(|a| self.addr(&a.addr));
         let audit = match &raw.audit {
-            None => AuditSettings { target: AuditTarget::File(self.base.join("audit/audit.jsonl")), max_file_bytes: 100 << 20 },
+            None => AuditSettings {
+                target: AuditTarget::File(self.base.join(defaults::AUDIT_PATH)),
+                max_file_bytes: defaults::AUDIT_MAX_FILE_BYTES,
+            },
             Some(a) => AuditSettings {
                 target: if a.path.get_ref() == "-" { AuditTarget::Stdout } else { AuditTarget::File(self.path(&a.path)) },
-                max_file_bytes: a.max_file_bytes.as_ref().map_or(100 << 20, |m| *m.get_ref()),
+                max_file_bytes: a.max_file_bytes.as_ref().map_or(defaults::AUDIT_MAX_FILE_BYTES, |m| *m.get_ref()),
             },
         };
         let store = raw.store.as_ref().map(|s| self.store(s));
-        let policies_dir = raw.policies.as_ref().map_or_else(|| self.base.join("policies"), |p| self.path(&p.dir));
+        let policies_dir = raw.policies.as_ref().map_or_else(|| self.base.join(defaults::POLICIES_DIR), |p| self.path(&p.dir));
         let issuers = self.issuers(&raw.issuer);
         let limits = self.limits(raw.limits.as_ref());
         let upstreams = self.upstreams(&raw.upstream, store.is_some());
@@ -206,18 +209,18 @@ impl Validator<'_> {
                     ScopeClaim::Both
                 }
             };
-            let refetch = self.secs(&r.jwks_refetch_interval_s, Duration::from_secs(10));
-            let max_token_bytes = r.max_token_bytes.as_ref().map_or(16 * 1024, |m| *m.get_ref() as usize);
+            let refetch = self.secs(&r.jwks_refetch_interval_s, defaults::JWKS_REFETCH_INTERVAL);
+            let max_token_bytes = r.max_token_bytes.as_ref().map_or(defaults::MAX_TOKEN_BYTES, |m| *m.get_ref() as usize);
             out.push(IssuerSettings {
                 issuer: r.issuer.get_ref().clone(),
                 audiences: r.audiences.get_ref().clone(),
                 jwks_uri: r.jwks_uri.as_ref().map(|j| j.get_ref().clone()),
                 algorithms,
                 scope_claim,
-                leeway: self.secs(&r.leeway_s, Duration::from_secs(30)),
+                leeway: self.secs(&r.leeway_s, defaults::LEEWAY),
                 jwks_refetch_interval: refetch,
-                max_stale: self.secs(&r.max_stale_s, Duration::from_secs(24 * 3600)),
-                verified_cache_ttl: self.secs(&r.verified_cache_s, Duration::from_secs(60)),
+                max_stale: self.secs(&r.max_stale_s, defaults::MAX_STALE),
+                verified_cache_ttl: self.secs(&r.verified_cache_s, defaults::VERIFIED_CACHE),
                 max_token_bytes,
                 ca_file: r.ca_file.as_ref().map(|c| self.existing_file(c)),
             });
@@ -303,10 +306,10 @@ impl Validator<'_> {
                 name: r.name.get_ref().clone(),
                 url,
                 ca_file: r.ca_file.as_ref().map(|c| self.existing_file(c)),
-                connect_timeout: self.ms(&r.connect_timeout_ms, Duration::from_millis(5_000)),
-                response_timeout: self.ms(&r.response_timeout_ms, Duration::from_millis(30_000)),
+                connect_timeout: self.ms(&r.connect_timeout_ms, defaults::CONNECT_TIMEOUT),
+                response_timeout: self.ms(&r.response_timeout_ms, defaults::RESPONSE_TIMEOUT),
                 http2: r.http2.as_ref().is_some_and(|h| *h.get_ref()),
-                min_token_age: r.min_token_age_ms.as_ref().map_or(DEFAULT_MIN_TOKEN_AGE, |m| Duration::from_millis(*m.get_ref())),
+                min_token_age: r.min_token_age_ms.as_ref().map_or(defaults::MIN_TOKEN_AGE, |m| Duration::from_millis(*m.get_ref())),
                 credential,
             });
         }

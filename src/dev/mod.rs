@@ -12,17 +12,12 @@ use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::config::{
-    AuditSettings, AuditTarget, Config, DEFAULT_ALGORITHMS, IssuerSettings, Limits, Listen, RouteSettings, ScopeClaim, UpstreamSettings,
-};
-use crate::credential::CredentialSpec;
-use crate::secret::Secret;
+use crate::config::Config;
 
 /// The example policy set, written to `policies/` when that folder is missing.
 const EXAMPLE_POLICY: &str = include_str!("../../policies/echo.toml");
@@ -49,19 +44,14 @@ pub async fn run(
     tokio::spawn(echo::serve(echo_listener));
     let mut upstream_secret = [0u8; 12];
     aws_lc_rs::rand::fill(&mut upstream_secret).map_err(|_| anyhow::anyhow!("no randomness"))?;
-    let upstream_value = format!("Bearer dev-upstream-{}", hex(&upstream_secret));
+    std::fs::write(UPSTREAM_SECRET, format!("Bearer dev-upstream-{}", hex(&upstream_secret)))
+        .with_context(|| format!("cannot write {UPSTREAM_SECRET}"))?;
     let proxy = TcpListener::bind((loopback, port)).await.with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
     let admin = TcpListener::bind((loopback, admin_port)).await.with_context(|| format!("cannot listen on 127.0.0.1:{admin_port}"))?;
     // Port 0 asks the OS for a free port: print the ones really bound.
     let (port, admin_port) = (proxy.local_addr()?.port(), admin.local_addr()?.port());
-    let config = dev_config(
-        &certs,
-        &issuer.issuer,
-        echo_addr,
-        SocketAddr::from((loopback, port)),
-        SocketAddr::from((loopback, admin_port)),
-        upstream_value,
-    );
+    let config =
+        dev_config(&certs, &issuer.issuer, echo_addr, SocketAddr::from((loopback, port)), SocketAddr::from((loopback, admin_port)))?;
     let token = issuer
         .mint(
             json!({"sub": "dev-connector", "aud": "gatehouse", "client_id": "dev-connector", "scope": "echo.read echo.write", "jti": "dev-1"})
@@ -87,58 +77,54 @@ pub async fn run(
     Ok(())
 }
 
-fn dev_config(
-    certs: &certs::DevCerts,
-    issuer: &str,
-    echo: SocketAddr,
-    listen: SocketAddr,
-    admin: SocketAddr,
-    upstream_value: String,
-) -> Config {
-    let issuer = IssuerSettings {
-        issuer: issuer.to_owned(),
-        audiences: vec!["gatehouse".into()],
-        jwks_uri: None,
-        algorithms: DEFAULT_ALGORITHMS.to_vec(),
-        scope_claim: ScopeClaim::Both,
-        leeway: Duration::from_secs(30),
-        jwks_refetch_interval: Duration::from_secs(10),
-        max_stale: Duration::from_secs(24 * 3600),
-        verified_cache_ttl: Duration::from_secs(60),
-        max_token_bytes: 16 * 1024,
-        ca_file: None,
-    };
-    let upstream = UpstreamSettings {
-        name: "echo".into(),
-        url: format!("http://{echo}").parse().unwrap_or_default(),
-        ca_file: None,
-        connect_timeout: Duration::from_secs(5),
-        response_timeout: Duration::from_secs(30),
-        http2: false,
-        min_token_age: crate::config::DEFAULT_MIN_TOKEN_AGE,
-        credential: CredentialSpec::Static { header: http::header::AUTHORIZATION, value: Secret::new(upstream_value) },
-    };
-    Config {
-        file: PathBuf::from("(gatehouse dev)"),
-        listen: Listen { addr: listen, tls_cert: certs.cert.clone(), tls_key: certs.key.clone(), client_ca: None },
-        admin: Some(admin),
-        audit: AuditSettings { target: AuditTarget::File(PathBuf::from("audit/audit.jsonl")), max_file_bytes: 100 << 20 },
-        store: None,
-        policies_dir: PathBuf::from("policies"),
-        issuers: vec![issuer],
-        limits: Limits::default(),
-        upstreams: vec![upstream],
-        routes: vec![RouteSettings {
-            name: "echo".into(),
-            path_prefix: "/echo/".into(),
-            upstream: "echo".into(),
-            strip_prefix: true,
-            host: None,
-            allow: crate::request::PathAllowances::default(),
-            case_insensitive: false,
-        }],
-    }
+/// The quickstart's config, written as a user would write it and read by
+/// the same parser, so it has the same defaults and checks. The upstream's
+/// static credential is read from `certs/dev-upstream.secret`.
+fn dev_config(certs: &certs::DevCerts, issuer: &str, echo: SocketAddr, listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<Config> {
+    let text = format!(
+        r#"
+[listen]
+addr = "{listen}"
+tls_cert = "{cert}"
+tls_key = "{key}"
+
+[admin]
+addr = "{admin}"
+
+[audit]
+path = "audit/audit.jsonl"
+
+[policies]
+dir = "policies"
+
+[[issuer]]
+issuer = "{issuer}"
+audiences = ["gatehouse"]
+
+[[upstream]]
+name = "echo"
+url = "http://{echo}"
+[upstream.credential]
+kind = "static"
+value_file = "{secret}"
+
+[[route]]
+name = "echo"
+path_prefix = "/echo/"
+upstream = "echo"
+strip_prefix = true
+"#,
+        cert = certs.cert.display(),
+        key = certs.key.display(),
+        secret = UPSTREAM_SECRET,
+    );
+    let path = Path::new("(gatehouse dev)");
+    Config::parse(path, &crate::diagnostic::SourceFile::new("(gatehouse dev)", text))
+        .map_err(|problems| anyhow::anyhow!(problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))
 }
+
+/// Where the echo upstream's random credential is written for the config to read.
+const UPSTREAM_SECRET: &str = "certs/dev-upstream.secret";
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -167,4 +167,3 @@ fn http_builders(limits: &Limits) -> (http1::Builder, http2::Builder<TokioExecut
         .keep_alive_timeout(Duration::from_secs(20));
     (h1, h2)
 }
-
