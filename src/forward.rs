@@ -75,6 +75,29 @@ impl fmt::Display for ForwardError {
 
 impl std::error::Error for ForwardError {}
 
+/// Why an upstream's client could not be set up (at start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetupError {
+    /// Its trust store (`ca_file`) is unusable.
+    Tls(crate::outbound::OutboundError),
+    /// Its URL lacks a scheme or an authority.
+    Url(&'static str),
+    /// Its host cannot be a `Host` header.
+    Host(String),
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tls(e) => e.fmt(f),
+            Self::Url(why) => f.write_str(why),
+            Self::Host(why) => write!(f, "upstream URL host: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for SetupError {}
+
 /// One upstream's connections and address.
 pub struct Forwarder {
     connector: HttpsConnector<HttpConnector>,
@@ -98,24 +121,24 @@ enum Fresh {
 
 impl Forwarder {
     /// `lanes`: how many worker threads will send through it (at least 1).
-    pub fn new(u: &UpstreamSettings, lanes: usize) -> Result<Self, String> {
+    pub fn new(u: &UpstreamSettings, lanes: usize) -> Result<Self, SetupError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(u.connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let tls = client_tls(u.ca_file.as_deref())?;
+        let tls = client_tls(u.ca_file.as_deref()).map_err(SetupError::Tls)?;
         let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
         let connector =
             if u.http2 { builder.enable_http2().wrap_connector(http) } else { builder.enable_all_versions().wrap_connector(http) };
-        let scheme = u.url.scheme().cloned().ok_or("upstream URL has no scheme")?;
-        let authority = u.url.authority().cloned().ok_or("upstream URL has no authority")?;
+        let scheme = u.url.scheme().cloned().ok_or(SetupError::Url("upstream URL has no scheme"))?;
+        let authority = u.url.authority().cloned().ok_or(SetupError::Url("upstream URL has no authority"))?;
         let default_port = if scheme == http::uri::Scheme::HTTPS { 443 } else { 80 };
         let host = match authority.port_u16() {
             Some(p) if p == default_port => authority.host(),
             _ => authority.as_str(),
         };
-        let host = HeaderValue::from_str(host).map_err(|e| format!("upstream URL host: {e}"))?;
+        let host = HeaderValue::from_str(host).map_err(|e| SetupError::Host(e.to_string()))?;
         Ok(Self {
             connector,
             lanes: (0..lanes.max(1)).map(|_| Arc::new(Lane::default())).collect(),

@@ -85,7 +85,7 @@ pub struct Issuer {
 
 impl Issuer {
     pub fn new(settings: IssuerSettings, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let http = OutboundHttp::new(settings.ca_file.as_deref())?;
+        let http = OutboundHttp::new(settings.ca_file.as_deref()).map_err(|e| e.to_string())?;
         let jwks_uri = ArcSwapOption::from(settings.jwks_uri.clone().map(Arc::new));
         Ok(Self { settings, keys: ArcSwapOption::empty(), jwks_uri, refetch: tokio::sync::Mutex::new(None), http, metrics })
     }
@@ -169,7 +169,7 @@ impl Issuer {
                 u
             }
         };
-        let resp = self.http.get(&uri).await?;
+        let resp = self.http.get(&uri).await.map_err(|e| e.to_string())?;
         if !resp.status.is_success() {
             return Err(format!("JWKS endpoint answered {}", resp.status));
         }
@@ -186,7 +186,10 @@ impl Issuer {
             async move {
                 let (parts, body) = req.into_parts();
                 let headers = parts.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                let r = http.send(parts.method, &parts.uri.to_string(), headers, body.into()).await.map_err(DiscoveryError)?;
+                let r = http
+                    .send(parts.method, &parts.uri.to_string(), headers, body.into())
+                    .await
+                    .map_err(|e| DiscoveryError(e.to_string()))?;
                 let mut resp = http::Response::new(r.body.to_vec());
                 *resp.status_mut() = r.status;
                 *resp.headers_mut() = r.headers;

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::assertion::Signer;
+use super::error::{EndpointFailure, FetchError};
 use super::slot::{Timing, Token};
 use super::{ClientAuth, OAuthClient, RefreshEvent, RefreshObserver, TokenHttp};
 use crate::secret::Secret;
@@ -86,10 +87,10 @@ struct RawError {
 
 /// Why the token endpoint gave no token.
 enum EndpointError {
-    /// It answered with an OAuth error code.
-    OAuth { status: StatusCode, code: String, message: String },
-    /// Anything else, already phrased.
-    Other(String),
+    /// It answered with a (registered) OAuth error code.
+    OAuth { status: StatusCode, code: &'static str },
+    /// Anything else.
+    Failed(EndpointFailure),
 }
 
 impl Grant {
@@ -117,19 +118,19 @@ impl Grant {
 
     /// One attempt; the observer hears about it whatever the outcome.
     /// `subject` is the caller's token (token exchange only).
-    pub async fn fetch(&self, subject: Option<&Secret>) -> Result<Token, String> {
+    pub async fn fetch(&self, subject: Option<&Secret>) -> Result<Token, FetchError> {
         let result = self.attempt(subject).await;
         self.observer.refreshed(RefreshEvent {
             upstream: self.upstream.clone(),
             kind: self.kind.name(),
             ok: result.is_ok(),
             expires_at: result.as_ref().ok().map(|t| t.expires_at),
-            error: result.as_ref().err().cloned(),
+            error: result.as_ref().err().map(ToString::to_string),
         });
         result
     }
 
-    async fn attempt(&self, subject: Option<&Secret>) -> Result<Token, String> {
+    async fn attempt(&self, subject: Option<&Secret>) -> Result<Token, FetchError> {
         let issued = Instant::now();
         let answer = match self.kind {
             GrantKind::ClientCredentials => {
@@ -137,7 +138,7 @@ impl Grant {
                 self.request(params).await.map_err(|e| self.describe(e))?
             }
             GrantKind::TokenExchange => {
-                let subject = subject.ok_or("token exchange needs the caller's token")?;
+                let subject = subject.ok_or_else(|| FetchError::Internal("token exchange needs the caller's token".into()))?;
                 let params = vec![
                     ("grant_type", TOKEN_EXCHANGE_GRANT.to_owned()),
                     ("subject_token", subject.expose().to_owned()),
@@ -147,26 +148,28 @@ impl Grant {
             }
             GrantKind::RefreshToken => self.refresh_with_stored_token().await?,
         };
-        let value = bearer(&answer.access_token).ok_or("the access token holds characters not allowed in an HTTP header")?;
+        let value = bearer(&answer.access_token).ok_or_else(|| FetchError::Endpoint {
+            upstream: self.upstream.clone(),
+            why: EndpointFailure::BadAnswer("the access token holds characters not allowed in an HTTP header".into()),
+        })?;
         Ok(Token::new(value, answer.lifetime, issued, &self.timing))
     }
 
     /// RFC 6749 §6 with the stored refresh token; a rotated one is committed
     /// (compare-and-swap) before the access token may be used.
-    async fn refresh_with_stored_token(&self) -> Result<Answer, String> {
+    async fn refresh_with_stored_token(&self) -> Result<Answer, FetchError> {
         let upstream = &self.upstream;
-        let rerun = format!("run `gatehouse credentials set {upstream} --refresh-token-stdin`");
-        let store = self.store.as_ref().ok_or_else(|| format!("upstream {upstream} uses refresh_token but no [store] is configured"))?;
+        let store = self.store.as_ref().ok_or_else(|| FetchError::NoStore { upstream: upstream.clone() })?;
         let stored = store
             .get(upstream)
             .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no refresh token stored for upstream {upstream}; {rerun}"))?;
+            .map_err(|e| FetchError::Store(e.to_string()))?
+            .ok_or_else(|| FetchError::NotStored { upstream: upstream.clone() })?;
         let params = vec![("grant_type", "refresh_token".to_owned()), ("refresh_token", stored.expose().to_owned())];
         let answer = match self.request(params).await {
             Ok(answer) => answer,
-            Err(EndpointError::OAuth { code, .. }) if code == "invalid_grant" => {
-                return Err(format!("stored refresh token for upstream {upstream} was rejected (invalid_grant); {rerun}"));
+            Err(EndpointError::OAuth { code: "invalid_grant", .. }) => {
+                return Err(FetchError::StoredTokenRejected { upstream: upstream.clone() });
             }
             Err(other) => return Err(self.describe(other)),
         };
@@ -177,16 +180,8 @@ impl Grant {
             }
             match store.rotate(upstream, &stored, rotated).await {
                 Ok(true) => {}
-                Ok(false) => {
-                    return Err(format!(
-                        "the stored refresh token for upstream {upstream} changed during the refresh; the new access token is not used and the next attempt uses the stored one"
-                    ));
-                }
-                Err(e) => {
-                    return Err(format!(
-                        "rotated refresh token for upstream {upstream} could not be stored, so the new access token is not used: {e}"
-                    ));
-                }
+                Ok(false) => return Err(FetchError::RotationRaced { upstream: upstream.clone() }),
+                Err(e) => return Err(FetchError::RotationNotStored { upstream: upstream.clone(), why: e.to_string() }),
             }
         }
         Ok(answer)
@@ -215,10 +210,12 @@ impl Grant {
             ClientAuth::PrivateKeyJwt { .. } => {
                 let signer = match &self.signer {
                     Some(Ok(signer)) => signer,
-                    Some(Err(why)) => return Err(EndpointError::Other(why.clone())),
-                    None => return Err(EndpointError::Other("client key missing".to_owned())),
+                    Some(Err(why)) => return Err(EndpointError::Failed(EndpointFailure::ClientAuth(why.clone()))),
+                    None => return Err(EndpointError::Failed(EndpointFailure::ClientAuth("client key missing".to_owned()))),
                 };
-                let assertion = signer.assertion(&client.client_id, &client.token_url).map_err(EndpointError::Other)?;
+                let assertion = signer
+                    .assertion(&client.client_id, &client.token_url)
+                    .map_err(|why| EndpointError::Failed(EndpointFailure::ClientAuth(why)))?;
                 params.push(("client_id", client.client_id.clone()));
                 params.push(("client_assertion_type", CLIENT_ASSERTION_TYPE.to_owned()));
                 params.push(("client_assertion", assertion.expose().to_owned()));
@@ -232,28 +229,23 @@ impl Grant {
                 // The address and the connection error are for the log only:
                 // this message reaches callers' answers and the audit record.
                 tracing::warn!(upstream = %self.upstream, error = %why, "token endpoint unreachable");
-                return Err(EndpointError::Other("token endpoint unreachable".to_owned()));
+                return Err(EndpointError::Failed(EndpointFailure::Unreachable));
             }
-            Err(_) => {
-                return Err(EndpointError::Other(format!(
-                    "token endpoint did not answer within {} s",
-                    self.timing.request_timeout.as_secs()
-                )));
-            }
+            Err(_) => return Err(EndpointError::Failed(EndpointFailure::Timeout(self.timing.request_timeout.as_secs()))),
         };
         if status.is_success() {
-            parse_answer(&bytes, self.kind, self.timing.default_lifetime).map_err(EndpointError::Other)
+            parse_answer(&bytes, self.kind, self.timing.default_lifetime)
+                .map_err(|why| EndpointError::Failed(EndpointFailure::BadAnswer(why)))
         } else {
             Err(parse_error(status, &bytes))
         }
     }
 
-    fn describe(&self, error: EndpointError) -> String {
+    fn describe(&self, error: EndpointError) -> FetchError {
+        let upstream = self.upstream.clone();
         match error {
-            EndpointError::OAuth { status, message, .. } => {
-                format!("token endpoint for upstream {} answered {}: {message}", self.upstream, status.as_u16())
-            }
-            EndpointError::Other(message) => format!("upstream {}: {message}", self.upstream),
+            EndpointError::OAuth { status, code } => FetchError::Refused { upstream, status: status.as_u16(), code },
+            EndpointError::Failed(why) => FetchError::Endpoint { upstream, why },
         }
     }
 }
@@ -302,11 +294,10 @@ fn parse_error(status: StatusCode, bytes: &[u8]) -> EndpointError {
             // (and any unknown code) is free text in which a token endpoint
             // may quote what it was sent, client secret included, and this
             // message reaches the audit log and the caller's 503.
-            let code = known_error_code(&raw.error).unwrap_or("unrecognized_error_code").to_owned();
-            EndpointError::OAuth { status, message: code.clone(), code }
+            EndpointError::OAuth { status, code: known_error_code(&raw.error).unwrap_or("unrecognized_error_code") }
         }
         // The body is not echoed: it is not ours to trust or to log.
-        Err(_) => EndpointError::Other(format!("token endpoint answered {}", status.as_u16())),
+        Err(_) => EndpointError::Failed(EndpointFailure::Status(status.as_u16())),
     }
 }
 
@@ -347,7 +338,7 @@ fn bearer(token: &Secret) -> Option<HeaderValue> {
 fn basic(client_id: &str, secret: &Secret) -> Result<HeaderValue, EndpointError> {
     let pair = format!("{}:{}", form_component(client_id), form_component(secret.expose()));
     let mut value = HeaderValue::try_from(format!("Basic {}", STANDARD.encode(pair)))
-        .map_err(|_| EndpointError::Other("client credentials do not fit a header".to_owned()))?;
+        .map_err(|_| EndpointError::Failed(EndpointFailure::ClientAuth("client credentials do not fit a header".to_owned())))?;
     value.set_sensitive(true);
     Ok(value)
 }

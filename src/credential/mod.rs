@@ -20,6 +20,7 @@
 //! store, for the kill -9 test. Nothing else reads that variable.
 
 mod assertion;
+mod error;
 mod grant;
 mod slot;
 
@@ -37,6 +38,7 @@ use tokio::time::Instant;
 
 use crate::secret::Secret;
 use crate::store::CredentialStore;
+pub use error::{EndpointFailure, FetchError};
 use grant::{Grant, GrantKind, OAUTH_HEADER};
 use slot::{Got, Slot, Timing};
 
@@ -147,18 +149,25 @@ pub struct RefreshEvent {
     pub error: Option<String>,
 }
 
-/// Why no credential could be had.
+/// Why no credential could be had (503 `credential_unavailable`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CredentialError {
-    /// No usable credential right now: answer 503 `credential_unavailable`.
-    /// The message names the cause and holds no secret.
-    Unavailable(String),
+    /// The token endpoint gave no token (or the stored one is unusable).
+    Unavailable(FetchError),
+    /// The static credential's value is not a valid header value.
+    StaticValue { upstream: String },
+    /// The caller's token cannot be passed on as a header value.
+    CallerToken,
 }
 
 impl fmt::Display for CredentialError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Unavailable(why) => write!(f, "upstream credential unavailable: {why}"),
+            Self::StaticValue { upstream } => {
+                write!(f, "upstream credential unavailable: the static credential of upstream {upstream} is not a valid header value")
+            }
+            Self::CallerToken => f.write_str("upstream credential unavailable: the caller's token is not a valid header value"),
         }
     }
 }
@@ -188,7 +197,8 @@ enum Source {
     },
     Static {
         header: HeaderName,
-        value: Result<HeaderValue, String>,
+        /// `None` when the configured value is not a valid header value.
+        value: Option<HeaderValue>,
     },
     Passthrough,
     None,
@@ -260,11 +270,7 @@ impl UpstreamCredential {
                 grant: grant(GrantKind::TokenExchange, client),
                 slots: moka::sync::Cache::builder().max_capacity(EXCHANGE_CAPACITY).expire_after(SlotExpiry).build(),
             },
-            CredentialSpec::Static { header, value } => Source::Static {
-                header,
-                value: sensitive(value.expose())
-                    .ok_or_else(|| format!("the static credential of upstream {upstream} is not a valid header value")),
-            },
+            CredentialSpec::Static { header, value } => Source::Static { header, value: sensitive(value.expose()) },
             CredentialSpec::Passthrough => Source::Passthrough,
             CredentialSpec::None => Source::None,
         };
@@ -326,12 +332,12 @@ impl UpstreamCredential {
                 Ok(Some((OAUTH_HEADER, got.into_value())))
             }
             Source::Static { header, value } => match value {
-                Ok(value) => Ok(Some((header.clone(), value.clone()))),
-                Err(why) => Err(CredentialError::Unavailable(why.clone())),
+                Some(value) => Ok(Some((header.clone(), value.clone()))),
+                None => Err(CredentialError::StaticValue { upstream: self.inner.upstream.clone() }),
             },
             Source::Passthrough => sensitive(&format!("Bearer {}", caller_token.expose()))
                 .map(|value| Some((OAUTH_HEADER, value)))
-                .ok_or_else(|| CredentialError::Unavailable("the caller's token is not a valid header value".to_owned())),
+                .ok_or(CredentialError::CallerToken),
             Source::None => Ok(None),
         }
     }

@@ -17,6 +17,8 @@ use time::OffsetDateTime;
 use tokio::sync::{Mutex, Notify};
 use tokio::time::Instant;
 
+use super::error::FetchError;
+
 /// The timing rules of docs/config.md, in one place so tests can shorten them.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Timing {
@@ -95,7 +97,7 @@ pub(crate) struct Slot {
 /// What the gate protects: the last failure, to pace on-demand retries.
 #[derive(Default)]
 struct Attempts {
-    failed: Option<(Instant, String)>,
+    failed: Option<(Instant, FetchError)>,
 }
 
 /// How a caller got its value.
@@ -120,10 +122,10 @@ impl Slot {
     /// The cached value, or a freshly fetched one. At most one `fetch` runs
     /// at a time; while fetching fails, a new attempt starts at most once per
     /// `timing.min_retry` and callers in between get the last error.
-    pub async fn get_or_fetch<F, Fut>(self: &Arc<Self>, timing: &Timing, fetch: F) -> Result<Got, String>
+    pub async fn get_or_fetch<F, Fut>(self: &Arc<Self>, timing: &Timing, fetch: F) -> Result<Got, FetchError>
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Token, String>> + Send + 'static,
+        Fut: Future<Output = Result<Token, FetchError>> + Send + 'static,
     {
         if let Some(value) = self.usable(Instant::now()) {
             return Ok(Got::Cached(value));
@@ -145,15 +147,15 @@ impl Slot {
         });
         match task.await {
             Ok(result) => result.map(Got::Fetched),
-            Err(e) => Err(format!("token fetch task failed: {e}")),
+            Err(e) => Err(FetchError::Internal(format!("token fetch task failed: {e}"))),
         }
     }
 
     /// For the background refresher: fetches unless someone else already
     /// renewed the token since it became due.
-    pub async fn refresh_if_due<Fut>(&self, fetch: Fut) -> Result<(), String>
+    pub async fn refresh_if_due<Fut>(&self, fetch: Fut) -> Result<(), FetchError>
     where
-        Fut: Future<Output = Result<Token, String>>,
+        Fut: Future<Output = Result<Token, FetchError>>,
     {
         let mut attempts = self.gate.lock().await;
         if self.refresh_due().is_some_and(|due| Instant::now() < due) {
@@ -207,7 +209,7 @@ impl Slot {
         dropped
     }
 
-    fn record(&self, attempts: &mut Attempts, result: Result<Token, String>) -> Result<HeaderValue, String> {
+    fn record(&self, attempts: &mut Attempts, result: Result<Token, FetchError>) -> Result<HeaderValue, FetchError> {
         match result {
             Ok(token) => {
                 let value = token.value.clone();

@@ -333,9 +333,10 @@ mod caching {
                     last_ok = now;
                 }
                 Err(CredentialError::Unavailable(why)) => {
-                    assert!(why.contains("unreachable"), "{why}");
+                    assert!(matches!(why, FetchError::Endpoint { why: EndpointFailure::Unreachable, .. }), "{why}");
                     first_err.get_or_insert(now);
                 }
+                Err(other) => panic!("{other}"),
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -731,19 +732,22 @@ mod refresh_token {
         };
         let (_idp, h, _sqlite, _log, _dir) = setup(rejected, false, Some("rt-0")).await;
         let err = value(&h.cred).await.unwrap_err();
-        let CredentialError::Unavailable(why) = &err;
+        let CredentialError::Unavailable(why) = &err else { panic!("{err}") };
+        assert_eq!(*why, FetchError::StoredTokenRejected { upstream: "crm".into() });
+        let text = why.to_string();
         assert_eq!(
-            why,
+            text,
             "stored refresh token for upstream crm was rejected (invalid_grant); run `gatehouse credentials set crm --refresh-token-stdin`"
         );
-        assert_eq!(h.events.all()[0].error.as_deref(), Some(why.as_str()));
+        assert_eq!(h.events.all()[0].error.as_deref(), Some(text.as_str()));
     }
 
     #[tokio::test]
     async fn no_stored_refresh_token_is_unavailable_with_instructions() {
         let (idp, h, _sqlite, _log, _dir) = setup(Behaviour::default(), false, None).await;
-        let CredentialError::Unavailable(why) = value(&h.cred).await.unwrap_err();
-        assert_eq!(why, "no refresh token stored for upstream crm; run `gatehouse credentials set crm --refresh-token-stdin`");
+        let CredentialError::Unavailable(why) = value(&h.cred).await.unwrap_err() else { panic!("unavailable") };
+        assert_eq!(why, FetchError::NotStored { upstream: "crm".into() });
+        assert_eq!(why.to_string(), "no refresh token stored for upstream crm; run `gatehouse credentials set crm --refresh-token-stdin`");
         assert_eq!(idp.hits(), 0);
         assert_eq!(h.events.all()[0].kind, "refresh_token");
     }
