@@ -221,11 +221,10 @@ async fn a_deleted_audit_log_is_started_anew_and_rotation_goes_on() {
         std::fs::read_dir(dir).unwrap().any(|f| std::fs::read_to_string(f.unwrap().path()).unwrap_or_default().contains(id))
     };
     let wait_logged = |id: String| async move {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !logged(&id) {
-            assert!(std::time::Instant::now() < deadline, "request {id} never reached an audit file");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        common::eventually(&format!("request {id} in an audit file"), std::time::Duration::from_secs(5), || {
+            std::future::ready(logged(&id).then_some(()))
+        })
+        .await;
     };
     wait_logged(id_of(&first)).await;
     std::fs::remove_file(env.audit_path()).unwrap();

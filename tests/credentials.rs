@@ -10,11 +10,10 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -63,27 +62,10 @@ strip_prefix = true
     )
 }
 
-/// A plain upstream (no token endpoint) with `credential` lines.
-fn plain_upstream(name: &str, url: &str, credential: &str) -> String {
-    format!(
-        "\n[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\n[upstream.credential]\n{credential}\n\n\
-         [[route]]\nname = \"{name}\"\npath_prefix = \"/{name}/\"\nupstream = \"{name}\"\nstrip_prefix = true\n"
-    )
-}
-
 /// gatehouse in-process with one client_credentials upstream `crm`.
 async fn client_credentials_proxy(env: &TestEnv, api: &OAuthApi) -> Proxy {
     env.write_policy("all.toml", ALLOW_ALL);
     Proxy::start(&env.write_config(&oauth_upstream(env, api, "crm", "client_credentials", "client_secret_basic"))).await
-}
-
-/// Polls `cond` every 20 ms until it holds (`within` deadline).
-async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// `gatehouse_requests_in_flight` from /metrics.
@@ -125,30 +107,6 @@ fn refresh_token_config(env: &TestEnv, api: &OAuthApi) -> PathBuf {
     env.write_config(&format!("{store}{}", oauth_upstream(env, api, "crm", "refresh_token", "client_secret_basic")))
 }
 
-/// `gatehouse credentials set crm --refresh-token-stdin`.
-fn credentials_set(config: &Path, key: &str, refresh_token: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .arg("--config")
-        .arg(config)
-        .args(["credentials", "set", "crm", "--refresh-token-stdin"])
-        .env(KEY_ENV, key)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{refresh_token}\n").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "credentials set failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// What the store holds for `crm`, read with the key (no process may hold it open for writing meanwhile).
-async fn stored(env: &TestEnv, key: &str) -> Option<String> {
-    let keys = vec![gatehouse::store::StoreKey::from_base64(key).unwrap()];
-    let store = gatehouse::store::open_store(&env.path("data/gatehouse.db").display().to_string(), keys).unwrap();
-    store.get("crm").await.unwrap().map(|s| s.expose().to_owned())
-}
-
 /// The bytes of the database and its -wal and -shm files (those that exist).
 fn database_files(env: &TestEnv) -> Vec<(String, Vec<u8>)> {
     ["gatehouse.db", "gatehouse.db-wal", "gatehouse.db-shm"]
@@ -177,16 +135,14 @@ async fn terminate(proxy: ChildProxy) -> ExitStatus {
     wait_exit(proxy).await
 }
 
+/// Like `common::eventually` for a condition that needs no await.
+async fn eventually_sync(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    common::eventually(what, within, || std::future::ready(cond().then_some(()))).await;
+}
+
 /// Waits (10 s at most) for the process to end on its own.
 async fn wait_exit(mut proxy: ChildProxy) -> ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = proxy.child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "gatehouse did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_exit(&mut proxy.child).await
 }
 
 async fn get_child(c: &TestClient, proxy: &ChildProxy, token: &str) -> Resp {
@@ -210,11 +166,10 @@ async fn two_hundred_concurrent_first_requests_cause_exactly_one_token_request()
             tokio::spawn(async move { get(&c, addr, &format!("/crm/r{i}"), Some(&token)).await })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while in_flight(proxy.admin).await < 200 {
-        assert!(Instant::now() < deadline, "200 callers never waited at once (in flight: {})", in_flight(proxy.admin).await);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually("200 callers waiting at once", Duration::from_secs(20), || async {
+        (in_flight(proxy.admin).await >= 200).then_some(())
+    })
+    .await;
     assert_eq!(api.count("client_credentials"), 1, "200 waiting callers, one token request in flight");
     api.release();
     for caller in callers {
@@ -309,16 +264,15 @@ async fn token_endpoint_outage_keeps_the_cached_token_until_5s_before_expiry_the
     api.set_outage(Outage::Unavailable);
 
     // Served from the cache while the endpoint is down, until it may not be used any more.
-    let deadline = Instant::now() + Duration::from_secs(12);
-    let refused = loop {
+    let refused = common::eventually("the cached token to stop being used", Duration::from_secs(12), || async {
         let r = get(&c, proxy.addr, "/crm/x", Some(&token)).await;
-        if r.status != 200 {
-            break r;
+        if r.status == 200 {
+            assert_eq!(token_seen(&r), cached.token, "the cached token, nothing else, while the endpoint is down");
+            return None;
         }
-        assert_eq!(token_seen(&r), cached.token, "the cached token, nothing else, while the endpoint is down");
-        assert!(Instant::now() < deadline, "never stopped using the cached token");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        Some(r)
+    })
+    .await;
     let refused_at = Instant::now();
     assert_eq!(refused.status, 503, "{}", String::from_utf8_lossy(&refused.body));
     assert_eq!(refused.json()["error"], "credential_unavailable");
@@ -329,7 +283,7 @@ async fn token_endpoint_outage_keeps_the_cached_token_until_5s_before_expiry_the
         "gave up on the cached token {:?} after issue, more than 5 s before its expiry",
         refused_at - cached.at
     );
-    eventually("a credential_refresh record with outcome error", Duration::from_secs(5), || {
+    eventually_sync("a credential_refresh record with outcome error", Duration::from_secs(5), || {
         refresh_records(&env).iter().any(|r| r["outcome"] == "error")
     })
     .await;
@@ -341,16 +295,15 @@ async fn token_endpoint_outage_keeps_the_cached_token_until_5s_before_expiry_the
 
     // Recovery.
     api.set_outage(Outage::None);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let recovered = loop {
+    let recovered = common::eventually("recovery after the endpoint came back", Duration::from_secs(10), || async {
         let r = get(&c, proxy.addr, "/crm/x", Some(&token)).await;
         if r.status == 200 {
-            break r;
+            return Some(r);
         }
         assert_eq!(r.status, 503);
-        assert!(Instant::now() < deadline, "no recovery after the endpoint came back");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        None
+    })
+    .await;
     assert_ne!(token_seen(&recovered), cached.token);
     proxy.stop().await;
     assert!(refresh_records(&env).iter().filter(|r| r["outcome"] == "ok").count() >= 2, "the recovery fetch was recorded");
@@ -492,8 +445,8 @@ async fn static_and_passthrough_pass_the_upstream_401_on_unchanged_without_retry
     std::fs::write(env.path("static-value"), format!("Bearer {static_token}\n")).unwrap();
     let cfg = format!(
         "{}{}",
-        plain_upstream("st", &api.api_url(), "kind = \"static\"\nvalue_file = \"static-value\""),
-        plain_upstream("pt", &api.api_url(), "kind = \"passthrough\"")
+        common::plain_upstream("st", &api.api_url(), "kind = \"static\"\nvalue_file = \"static-value\""),
+        common::plain_upstream("pt", &api.api_url(), "kind = \"passthrough\"")
     );
     let proxy = Proxy::start(&env.write_config(&cfg)).await;
     let c = client::h1(&env.certs.ca);
@@ -529,8 +482,8 @@ async fn rotated_refresh_token_is_stored_encrypted_and_used_after_a_restart() {
     let key = store_key();
     let config = refresh_token_config(&env, &api);
     let initial = api.new_refresh_token();
-    credentials_set(&config, &key, &initial);
-    assert_eq!(stored(&env, &key).await.as_deref(), Some(initial.as_str()));
+    common::credentials_set(&config, "crm", &[(KEY_ENV, &key)], &initial);
+    assert_eq!(common::stored(&env, &key, "crm").await.as_deref(), Some(initial.as_str()));
 
     let c = client::h1(&env.certs.ca);
     let token = env.token("svc-a", "test");
@@ -543,7 +496,7 @@ async fn rotated_refresh_token_is_stored_encrypted_and_used_after_a_restart() {
     assert!(terminate(proxy).await.success());
     let rotated = api.refresh_tokens().last().cloned().unwrap();
     assert_ne!(rotated, initial);
-    assert_eq!(stored(&env, &key).await, Some(rotated.clone()), "the store holds the rotated refresh token");
+    assert_eq!(common::stored(&env, &key, "crm").await, Some(rotated.clone()), "the store holds the rotated refresh token");
 
     // A new process starts from the store: only the rotated token is accepted by the IdP now.
     let proxy = ChildProxy::spawn_with_env(&config, &[(KEY_ENV, &key)]);
@@ -555,7 +508,7 @@ async fn rotated_refresh_token_is_stored_encrypted_and_used_after_a_restart() {
     assert!(refreshes.len() >= 2);
     assert!(refreshes.iter().all(|r| r.status == 200), "no refresh was refused: {refreshes:?}");
     assert_eq!(refreshes.last().unwrap().refresh_token.as_deref(), Some(rotated.as_str()), "the restart used the stored, rotated token");
-    assert_eq!(stored(&env, &key).await, api.refresh_tokens().last().cloned());
+    assert_eq!(common::stored(&env, &key, "crm").await, api.refresh_tokens().last().cloned());
     assert_no_secret_in_database(&env, &api.secrets());
     assert!(refresh_records(&env).iter().all(|r| r["outcome"] == "ok" && r["kind"] == "refresh_token"));
 }
@@ -565,7 +518,7 @@ async fn rotated_refresh_token_is_stored_encrypted_and_used_after_a_restart() {
 /// store still holds.
 async fn crash_after_rotation_received(env: &TestEnv, api: &OAuthApi, config: &Path, key: &str) -> String {
     let initial = api.new_refresh_token();
-    credentials_set(config, key, &initial);
+    common::credentials_set(config, "crm", &[(KEY_ENV, key)], &initial);
     // The startup refresh waits at the token endpoint until the first request is in flight.
     api.hold();
     let proxy = ChildProxy::spawn_with_env(config, &[(KEY_ENV, key), ("GATEHOUSE_FAILPOINT", "after_rotation_received")]);
@@ -579,11 +532,10 @@ async fn crash_after_rotation_received(env: &TestEnv, api: &OAuthApi, config: &P
             .unwrap();
         c.request(req).await.map(|r| r.status())
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while in_flight(proxy.admin).await < 1 {
-        assert!(Instant::now() < deadline, "the first request never arrived");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually("the first request to arrive", Duration::from_secs(10), || async {
+        (in_flight(proxy.admin).await >= 1).then_some(())
+    })
+    .await;
     api.release();
     let status = wait_exit(proxy).await;
     assert_eq!(status.signal(), Some(6), "gatehouse should abort (SIGABRT) at the failpoint: {status:?}");
@@ -591,7 +543,7 @@ async fn crash_after_rotation_received(env: &TestEnv, api: &OAuthApi, config: &P
     let answered: Vec<_> = api.token_requests().into_iter().filter(|r| r.grant == "refresh_token" && r.status == 200).collect();
     assert_eq!(answered.len(), 1, "the IdP answered one rotation");
     assert!(!api.refresh_token_valid(&initial), "the IdP considers the stored token redeemed");
-    assert_eq!(stored(env, key).await.as_deref(), Some(initial.as_str()), "nothing was committed");
+    assert_eq!(common::stored(env, key, "crm").await.as_deref(), Some(initial.as_str()), "nothing was committed");
     initial
 }
 
@@ -615,7 +567,7 @@ async fn crash_before_committing_a_rotation_is_reported_with_instructions_and_fi
     let description = body["error_description"].as_str().unwrap();
     assert!(description.contains("rejected"), "{description}");
     assert!(description.contains("gatehouse credentials set crm"), "{description}");
-    eventually("a credential_refresh error record", Duration::from_secs(5), || {
+    eventually_sync("a credential_refresh error record", Duration::from_secs(5), || {
         refresh_records(&env).iter().any(|r| r["outcome"] == "error")
     })
     .await;
@@ -626,19 +578,22 @@ async fn crash_before_committing_a_rotation_is_reported_with_instructions_and_fi
 
     // The operator stores a fresh refresh token while gatehouse runs.
     let fresh = api.new_refresh_token();
-    credentials_set(&config, &key, &fresh);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    common::credentials_set(&config, "crm", &[(KEY_ENV, &key)], &fresh);
+    common::eventually("service back after credentials set", Duration::from_secs(15), || async {
         let r = get_child(&c, &proxy, &token).await;
         if r.status == 200 {
-            break;
+            return Some(());
         }
         assert_eq!(r.status, 503);
-        assert!(Instant::now() < deadline, "service did not come back after credentials set");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        None
+    })
+    .await;
     assert!(terminate(proxy).await.success());
-    assert_eq!(stored(&env, &key).await, api.refresh_tokens().last().cloned(), "the token rotated from the fresh one is stored");
+    assert_eq!(
+        common::stored(&env, &key, "crm").await,
+        api.refresh_tokens().last().cloned(),
+        "the token rotated from the fresh one is stored"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -660,7 +615,7 @@ async fn crash_before_committing_a_rotation_just_works_after_restart_when_the_id
     assert_eq!(refreshes.len(), 2, "{refreshes:?}");
     assert_eq!(refreshes[1].refresh_token.as_deref(), Some(initial.as_str()), "the restart reused the stored token once");
     assert_eq!(refreshes[1].status, 200);
-    assert_eq!(stored(&env, &key).await, api.refresh_tokens().last().cloned(), "and stored the token it rotated to");
+    assert_eq!(common::stored(&env, &key, "crm").await, api.refresh_tokens().last().cloned(), "and stored the token it rotated to");
 }
 
 // ---------------------------------------------------------------- token exchange

@@ -13,26 +13,9 @@ use common::upstream::TestUpstream;
 use common::{ALLOW_ALL, Proxy, TestEnv};
 use http::Version;
 
-fn routes(upstream_url: &str, extra_upstream: &str) -> String {
-    format!(
-        r#"
-[[upstream]]
-name = "svc"
-url = "{upstream_url}"
-{extra_upstream}
-
-[[route]]
-name = "svc"
-path_prefix = "/svc/"
-upstream = "svc"
-strip_prefix = true
-"#
-    )
-}
-
 async fn start(env: &TestEnv, up: &TestUpstream) -> Proxy {
     env.write_policy("all.toml", ALLOW_ALL);
-    Proxy::start(&env.write_config(&routes(&up.http_url(), ""))).await
+    Proxy::start(&env.write_config(&common::svc_route(&up.http_url(), "", ""))).await
 }
 
 #[tokio::test]
@@ -71,7 +54,7 @@ async fn https_upstream_with_ca_file_over_h1_and_h2() {
         "[[upstream]]\nname = \"h2\"\nurl = \"{}\"\nca_file = \"{ca}\"\nhttp2 = true\n\n[[route]]\nname = \"h2\"\npath_prefix = \"/h2/\"\nupstream = \"h2\"\nstrip_prefix = true\n",
         up.https_url()
     );
-    let cfg = format!("{}\n{h2}", routes(&up.https_url(), &format!("ca_file = \"{ca}\"")));
+    let cfg = format!("{}\n{h2}", common::svc_route(&up.https_url(), &format!("ca_file = \"{ca}\""), ""));
     let proxy = Proxy::start(&env.write_config(&cfg)).await;
     let token = env.token("svc-a", "test");
     let c = client::h1(&env.certs.ca);
@@ -176,7 +159,8 @@ async fn oversized_request_head_gets_431() {
     let env = TestEnv::new().await;
     let up = TestUpstream::http().await;
     env.write_policy("all.toml", ALLOW_ALL);
-    let proxy = Proxy::start(&env.write_config(&format!("[limits]\nmax_header_bytes = 8192\n{}", routes(&up.http_url(), "")))).await;
+    let proxy =
+        Proxy::start(&env.write_config(&format!("[limits]\nmax_header_bytes = 8192\n{}", common::svc_route(&up.http_url(), "", "")))).await;
     let big = "a".repeat(20_000);
     let req = format!("GET /svc/h HTTP/1.1\r\nHost: localhost\r\nx-big: {big}\r\nConnection: close\r\n\r\n");
     let answer = raw(proxy.addr, &env.certs.ca, req.as_bytes()).await;
@@ -193,7 +177,7 @@ async fn unreachable_upstream_is_502_and_slow_upstream_is_504() {
     env.write_policy("all.toml", ALLOW_ALL);
     let cfg = format!(
         "{}\n[[upstream]]\nname = \"dead\"\nurl = \"http://{closed}\"\nconnect_timeout_ms = 500\n\n[[route]]\nname = \"dead\"\npath_prefix = \"/dead/\"\nupstream = \"dead\"\n",
-        routes(&up.http_url(), "response_timeout_ms = 300")
+        common::svc_route(&up.http_url(), "response_timeout_ms = 300", "")
     );
     let proxy = Proxy::start(&env.write_config(&cfg)).await;
     let token = env.token("svc-a", "test");
@@ -291,7 +275,9 @@ async fn slowloris_connection_is_closed_within_the_header_timeout_without_delayi
     let env = TestEnv::new().await;
     let up = TestUpstream::http().await;
     env.write_policy("all.toml", ALLOW_ALL);
-    let proxy = Proxy::start(&env.write_config(&format!("[limits]\nheader_timeout_ms = 1000\n{}", routes(&up.http_url(), "")))).await;
+    let proxy =
+        Proxy::start(&env.write_config(&format!("[limits]\nheader_timeout_ms = 1000\n{}", common::svc_route(&up.http_url(), "", ""))))
+            .await;
     let mut slow = client::tls_connect(proxy.addr, &env.certs.ca).await;
     slow.write_all(b"GET /svc/x HTTP/1.1\r\nHost: localhost\r\nX-Slow: ").await.unwrap();
     let opened = std::time::Instant::now();
@@ -312,7 +298,7 @@ async fn client_certificates_are_required_when_client_ca_is_set() {
     env.write_policy("all.toml", ALLOW_ALL);
     // A separate CA for clients; its leaf certificate is the client's.
     let clients = gatehouse::dev::certs::write_certs(&env.path("clients"), "client CA", &["connector-1"]).unwrap();
-    let cfg = env.write_config(&routes(&up.http_url(), ""));
+    let cfg = env.write_config(&common::svc_route(&up.http_url(), "", ""));
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("tls_key = \"certs/server-key.pem\"", "tls_key = \"certs/server-key.pem\"\nclient_ca = \"clients/dev-ca.pem\"");
@@ -351,7 +337,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     // With hyper serving it all along, and given back to wait holding no HTTP state after 50 ms.
     for release_ms in [60_000, 50] {
         let limits = format!("[limits]\nidle_timeout_ms = 300\nidle_release_ms = {release_ms}\n");
-        let proxy = Proxy::start(&env.write_config(&format!("{limits}{}", routes(&up.http_url(), "")))).await;
+        let proxy = Proxy::start(&env.write_config(&format!("{limits}{}", common::svc_route(&up.http_url(), "", "")))).await;
         let token = env.token("svc-a", "test");
         let mut s = client::tls_connect(proxy.addr, &env.certs.ca).await;
         s.write_all(format!("GET /svc/k HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes()).await.unwrap();
@@ -375,7 +361,7 @@ async fn a_download_read_slower_than_the_idle_timeout_keeps_its_connection() {
     let up = TestUpstream::http().await;
     env.write_policy("all.toml", ALLOW_ALL);
     let limits = "[limits]\nidle_timeout_ms = 300\nidle_release_ms = 20\n";
-    let proxy = Proxy::start(&env.write_config(&format!("{limits}{}", routes(&up.http_url(), "")))).await;
+    let proxy = Proxy::start(&env.write_config(&format!("{limits}{}", common::svc_route(&up.http_url(), "", "")))).await;
     let token = env.token("svc-a", "test");
     let mut s = client::tls_connect(proxy.addr, &env.certs.ca).await;
     // More than the socket buffers hold: the response is still being sent
@@ -406,7 +392,7 @@ async fn an_idle_http1_connection_gives_its_state_back_and_serves_the_next_reque
     let up = TestUpstream::http().await;
     env.write_policy("all.toml", ALLOW_ALL);
     let limits = "[limits]\nidle_release_ms = 20\nheader_timeout_ms = 300\nidle_timeout_ms = 20000\ndrain_timeout_ms = 20000\n";
-    let proxy = Proxy::start(&env.write_config(&format!("{limits}{}", routes(&up.http_url(), "")))).await;
+    let proxy = Proxy::start(&env.write_config(&format!("{limits}{}", common::svc_route(&up.http_url(), "", "")))).await;
     let released = "gatehouse_connections_released";
     let token = env.token("svc-a", "test");
     let request = format!("GET /svc/k HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n");
@@ -454,7 +440,7 @@ async fn keep_alive_outlives_the_header_timeout_but_a_slow_next_head_does_not() 
     let up = TestUpstream::http().await;
     env.write_policy("all.toml", ALLOW_ALL);
     let limits = "[limits]\nheader_timeout_ms = 300\nidle_timeout_ms = 20000\n";
-    let proxy = Proxy::start(&env.write_config(&format!("{limits}{}", routes(&up.http_url(), "")))).await;
+    let proxy = Proxy::start(&env.write_config(&format!("{limits}{}", common::svc_route(&up.http_url(), "", "")))).await;
     let token = env.token("svc-a", "test");
     let request = format!("GET /svc/k HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\r\n");
     let mut s = client::tls_connect(proxy.addr, &env.certs.ca).await;
@@ -483,7 +469,8 @@ async fn connections_beyond_max_connections_wait_until_one_closes() {
     let env = TestEnv::new().await;
     let up = TestUpstream::http().await;
     env.write_policy("all.toml", ALLOW_ALL);
-    let proxy = Proxy::start(&env.write_config(&format!("[limits]\nmax_connections = 2\n{}", routes(&up.http_url(), "")))).await;
+    let proxy =
+        Proxy::start(&env.write_config(&format!("[limits]\nmax_connections = 2\n{}", common::svc_route(&up.http_url(), "", "")))).await;
     let first = client::tls_connect(proxy.addr, &env.certs.ca).await;
     let _second = client::tls_connect(proxy.addr, &env.certs.ca).await;
     // The third is not accepted while two are open: its handshake stalls.

@@ -21,17 +21,9 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// One plain upstream `svc` behind `/svc/`, then `extra` (limits, more routes).
-fn svc(up: &TestUpstream, extra: &str) -> String {
-    format!(
-        "[[upstream]]\nname = \"svc\"\nurl = \"{}\"\n\n[[route]]\nname = \"svc\"\npath_prefix = \"/svc/\"\nupstream = \"svc\"\nstrip_prefix = true\n\n{extra}",
-        up.http_url()
-    )
-}
-
 async fn start(env: &TestEnv, up: &TestUpstream, extra: &str) -> Proxy {
     env.write_policy("all.toml", ALLOW_ALL);
-    Proxy::start(&env.write_config(&svc(up, extra))).await
+    Proxy::start(&env.write_config(&common::svc_route(&up.http_url(), "", extra))).await
 }
 
 /// An HTTP/2 connection (ALPN h2) with this initial stream window.
@@ -98,7 +90,7 @@ upstream = "slow"
         up = up.http_url(),
         token_url = api.token_url(),
         client_id = api.client_id(),
-        svc = svc(&up, ""),
+        svc = common::svc_route(&up.http_url(), "", ""),
     ));
     let proxy = ChildProxy::spawn(&config);
     common::wait_ready(proxy.admin).await;
@@ -296,7 +288,7 @@ paths = ["/svc/admin/**", "/lax/admin/**"]
 effect = "deny"
 "#,
     );
-    let proxy = Proxy::start(&env.write_config(&svc(&up, lax))).await;
+    let proxy = Proxy::start(&env.write_config(&common::svc_route(&up.http_url(), "", lax))).await;
     let token = env.token("svc-a", "test");
     let c = client::h1(&env.certs.ca);
     for path in ["/svc/admin;x=1/users", "/svc/admin./users", "/svc/admin%20/users", "/svc/%252e%252e/admin/users", "/svc/x/%25"] {
@@ -355,7 +347,7 @@ async fn a_forged_log_line_in_a_token_header_is_escaped_in_the_log_and_the_answe
     let env = TestEnv::new().await;
     let up = TestUpstream::http().await;
     env.write_policy("all.toml", ALLOW_ALL);
-    let config = env.write_config(&svc(&up, ""));
+    let config = env.write_config(&common::svc_route(&up.http_url(), "", ""));
     // Text logs, as an operator on a terminal reads them.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["--config"])
@@ -447,7 +439,7 @@ async fn each_issuer_has_its_own_token_size_limit() {
         format_args!("{}/jwks", env.issuer.issuer),
     );
     env.write_policy("all.toml", ALLOW_ALL);
-    let proxy = Proxy::start(&env.write_config_with(&issuers, &svc(&up, ""))).await;
+    let proxy = Proxy::start(&env.write_config_with(&issuers, &common::svc_route(&up.http_url(), "", ""))).await;
     let c = client::h1(&env.certs.ca);
     let small = env.token("svc-a", "test");
     assert_eq!(get(&c, proxy.addr, "/svc/x", Some(&small)).await.status, 200);
@@ -484,7 +476,7 @@ async fn http2_floods_and_reset_attacks_leave_the_proxy_up_and_serving() {
     let env = TestEnv::new().await;
     let up = TestUpstream::http().await;
     env.write_policy("all.toml", ALLOW_ALL);
-    let mut proxy = ChildProxy::spawn(&env.write_config(&svc(&up, "")));
+    let mut proxy = ChildProxy::spawn(&env.write_config(&common::svc_route(&up.http_url(), "", "")));
     common::wait_ready(proxy.admin).await;
     let token = env.token("svc-a", "test");
     let c = client::h2(&env.certs.ca);

@@ -17,8 +17,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -249,8 +247,8 @@ async fn refresh_token_is_rotated_and_stored_against_the_provider() {
         )
     );
     let config = env.write_config_with(&provider.issuer_block(), &rest);
-    credentials_set(&config, "svc", &original).await;
-    assert_eq!(stored(&env, &key_b64).await.as_deref(), Some(original.as_str()), "credentials set stored the token");
+    common::credentials_set(&config, "svc", &[], &original);
+    assert_eq!(common::stored(&env, &key_b64, "svc").await.as_deref(), Some(original.as_str()), "credentials set stored the token");
 
     let proxy = Proxy::start(&config).await;
     let caller = provider.client_credentials_token("test").await;
@@ -263,7 +261,7 @@ async fn refresh_token_is_rotated_and_stored_against_the_provider() {
     assert_eq!(claims["scope"], "test", "{claims}");
     proxy.stop().await;
 
-    let rotated = stored(&env, &key_b64).await.expect("a refresh token is still stored");
+    let rotated = common::stored(&env, &key_b64, "svc").await.expect("a refresh token is still stored");
     assert_ne!(rotated, original, "the provider rotated the refresh token and gatehouse stored the new one");
     let records = refreshes(&env, "svc");
     assert!(records.iter().any(|r| r["kind"] == "refresh_token" && r["outcome"] == "ok"), "{records:?}");
@@ -283,40 +281,6 @@ async fn refresh_token_is_rotated_and_stored_against_the_provider() {
     let (status, answer) = refresh(original).await;
     assert_eq!(status, 400, "{answer}");
     assert_eq!(answer["error"], "invalid_grant", "the original refresh token no longer works: {answer}");
-}
-
-/// `gatehouse --config CONFIG credentials set UPSTREAM --refresh-token-stdin`.
-async fn credentials_set(config: &Path, upstream: &str, token: &str) {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .arg("--config")
-        .arg(config)
-        .args(["credentials", "set", upstream, "--refresh-token-stdin"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn gatehouse");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(format!("{token}\n").as_bytes()).await.expect("write stdin");
-    drop(stdin);
-    let out = child.wait_with_output().await.expect("gatehouse credentials set");
-    assert!(
-        out.status.success(),
-        "credentials set failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The refresh token the store holds for upstream `svc`.
-async fn stored(env: &TestEnv, key_b64: &str) -> Option<String> {
-    let key = gatehouse::store::StoreKey::from_base64(key_b64).expect("key");
-    let path = env.path("data/gatehouse.db");
-    let store = gatehouse::store::open_store(path.to_str().expect("utf-8 path"), vec![key]).expect("open store");
-    store.get("svc").await.expect("store get").map(|s| s.expose().to_owned())
 }
 
 #[tokio::test]

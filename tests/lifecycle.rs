@@ -20,17 +20,11 @@ fn gatehouse() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gatehouse"))
 }
 
-fn routes(url: &str) -> String {
-    format!(
-        "[[upstream]]\nname = \"svc\"\nurl = \"{url}\"\n\n[[route]]\nname = \"svc\"\npath_prefix = \"/svc/\"\nupstream = \"svc\"\nstrip_prefix = true\n"
-    )
-}
-
 #[tokio::test]
 async fn check_accepts_a_valid_config_and_reports_two_mistakes_with_positions() {
     let env = TestEnv::new().await;
     env.write_policy("all.toml", ALLOW_ALL);
-    let good = env.write_config(&routes("http://127.0.0.1:9"));
+    let good = env.write_config(&common::svc_route("http://127.0.0.1:9", "", ""));
     let out = gatehouse().arg("--config").arg(&good).arg("check").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let text = std::fs::read_to_string(&good)
@@ -54,7 +48,7 @@ async fn streams_one_gib_up_and_down_with_resident_memory_under_64_mib() {
     let env = TestEnv::new().await;
     let up = TestUpstream::http().await;
     env.write_policy("all.toml", ALLOW_ALL);
-    let proxy = ChildProxy::spawn(&env.write_config(&routes(&up.http_url())));
+    let proxy = ChildProxy::spawn(&env.write_config(&common::svc_route(&up.http_url(), "", "")));
     common::wait_ready(proxy.admin).await;
     let token = env.token("svc-a", "test");
     const GIB: u64 = 1 << 30;
@@ -93,7 +87,7 @@ async fn sigterm_during_a_slow_request_lets_it_finish_and_exits_zero() {
     let env = TestEnv::new().await;
     let up = TestUpstream::http().await;
     env.write_policy("all.toml", ALLOW_ALL);
-    let mut proxy = ChildProxy::spawn(&env.write_config(&routes(&up.http_url())));
+    let mut proxy = ChildProxy::spawn(&env.write_config(&common::svc_route(&up.http_url(), "", "")));
     common::wait_ready(proxy.admin).await;
     let c = client::h1(&env.certs.ca);
     let token = env.token("svc-a", "test");
@@ -118,23 +112,17 @@ async fn a_new_handshake_sees_the_new_certificate_without_a_restart() {
     let env = TestEnv::new().await;
     let up = TestUpstream::http().await;
     env.write_policy("all.toml", ALLOW_ALL);
-    let proxy = Proxy::start(&env.write_config(&routes(&up.http_url()))).await;
+    let proxy = Proxy::start(&env.write_config(&common::svc_route(&up.http_url(), "", ""))).await;
     let first = peer_cert(proxy.addr, &env.certs.ca).await;
     // New CA and certificate written over the old files.
     let tmp = tempfile::tempdir().unwrap();
     let fresh = gatehouse::dev::certs::write_certs(tmp.path(), "rotated CA", &["localhost"]).unwrap();
     std::fs::copy(&fresh.key, &env.certs.key).unwrap();
     std::fs::copy(&fresh.cert, &env.certs.cert).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        // Trusting only the new CA: succeeds once the new certificate is served.
-        if let Some(cert) = try_peer_cert(proxy.addr, &fresh.ca).await {
-            assert_ne!(cert, first);
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the new certificate was not picked up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Trusting only the new CA: succeeds once the new certificate is served.
+    let cert =
+        common::eventually("the new certificate to be served", Duration::from_secs(5), || try_peer_cert(proxy.addr, &fresh.ca)).await;
+    assert_ne!(cert, first);
     // A broken pair is refused and the good one stays.
     std::fs::write(&env.certs.cert, "not a certificate").unwrap();
     let c = client::h1(&fresh.ca);

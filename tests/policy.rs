@@ -116,15 +116,11 @@ async fn broken_policy_files_are_refused_and_the_old_set_keeps_deciding() {
         assert!(stdout.contains(want), "{what}: wanted {want} in {stdout}");
         // The running proxy logs and audits the refusal (SIGHUP path), and keeps deciding by v0.
         proxy.hup.notify_one();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
+        common::eventually(&format!("{what}: a policy_reload error record"), std::time::Duration::from_secs(5), || {
             let errors = env.audit_records().iter().filter(|r| r["event"] == "policy_reload" && r["outcome"] == "error").count();
-            if errors >= 1 && (what == "syntax error" || errors >= 2) {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "{what}: no policy_reload error record");
-            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-        }
+            std::future::ready((errors >= 1 && (what == "syntax error" || errors >= 2)).then_some(()))
+        })
+        .await;
         assert_eq!(get(&c, proxy.addr, "/svc/even/x", Some(&token)).await.status, 200, "{what}: old set no longer allows");
         assert_eq!(get(&c, proxy.addr, "/svc/odd/x", Some(&token)).await.status, 403, "{what}: old set no longer denies");
         assert_eq!(client::admin_get(proxy.admin, "/readyz").await.unwrap().0, 200, "{what}: readyz");

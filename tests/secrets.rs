@@ -9,9 +9,6 @@
 
 mod common;
 
-use std::io::Write as _;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -39,28 +36,8 @@ fn oauth_upstream(env: &TestEnv, server: &OAuthApi, name: &str, kind: &str, auth
     )
 }
 
-fn plain_upstream(name: &str, url: &str, credential: &str) -> String {
-    format!("\n[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\n[upstream.credential]\n{credential}\n{}", route(name))
-}
-
 fn route(name: &str) -> String {
     format!("\n[[route]]\nname = \"{name}\"\npath_prefix = \"/{name}/\"\nupstream = \"{name}\"\nstrip_prefix = true\n")
-}
-
-fn credentials_set(config: &Path, key: &str, upstream: &str, refresh_token: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .arg("--config")
-        .arg(config)
-        .args(["credentials", "set", upstream, "--refresh-token-stdin"])
-        .env(KEY_ENV, key)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{refresh_token}\n").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "credentials set {upstream}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Every line of every file in the audit folder (rotated files included).
@@ -105,17 +82,17 @@ async fn no_token_secret_or_query_value_reaches_the_audit_log_stderr_or_a_refusa
         oauth_upstream(&env, &api, "cc", "client_credentials", "client_secret_basic", (api.client_id(), api.client_secret())),
         oauth_upstream(&env, &api, "rt", "refresh_token", "client_secret_post", (post_client.0, &post_client.1)),
         oauth_upstream(&env, &api, "tx", "token_exchange", "client_secret_basic", (exchange_client.0, &exchange_client.1)),
-        plain_upstream("st", &api.api_url(), "kind = \"static\"\nvalue_file = \"static-value\""),
-        plain_upstream("pt", &api.api_url(), "kind = \"passthrough\""),
-        plain_upstream("no", &none_upstream.http_url(), "kind = \"none\""),
+        common::plain_upstream("st", &api.api_url(), "kind = \"static\"\nvalue_file = \"static-value\""),
+        common::plain_upstream("pt", &api.api_url(), "kind = \"passthrough\""),
+        common::plain_upstream("no", &none_upstream.http_url(), "kind = \"none\""),
         oauth_upstream(&env, &echo, "cc-echo", "client_credentials", "client_secret_basic", (echo_basic.0, &echo_basic.1)),
         oauth_upstream(&env, &echo, "rt-echo", "refresh_token", "client_secret_post", (echo_post.0, &echo_post.1)),
         oauth_upstream(&env, &echo, "tx-echo", "token_exchange", "client_secret_basic", (echo_exchange.0, &echo_exchange.1)),
     ];
     let store = format!("[store]\npath = \"data/gatehouse.db\"\nkey_env = \"{KEY_ENV}\"\n");
     let config = env.write_config(&format!("{store}{}", upstreams.concat()));
-    credentials_set(&config, &key, "rt", &api.new_refresh_token());
-    credentials_set(&config, &key, "rt-echo", &echo.new_refresh_token());
+    common::credentials_set(&config, "rt", &[(KEY_ENV, &key)], &api.new_refresh_token());
+    common::credentials_set(&config, "rt-echo", &[(KEY_ENV, &key)], &echo.new_refresh_token());
 
     let proxy = ChildProxy::spawn_with_env(&config, &[(KEY_ENV, &key), ("GATEHOUSE_LOG", "info,gatehouse=debug")]);
     common::wait_ready(proxy.admin).await;
@@ -183,13 +160,7 @@ async fn no_token_secret_or_query_value_reaches_the_audit_log_stderr_or_a_refusa
     let mut proxy = proxy;
     proxy.signal("TERM");
     let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = proxy.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "gatehouse did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = common::wait_exit(&mut proxy.child).await;
     assert!(status.success(), "{status:?}");
     let mut stderr = std::mem::take(&mut proxy.startup_lines);
     loop {

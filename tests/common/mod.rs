@@ -110,6 +110,58 @@ dir = "policies"
     }
 }
 
+/// One upstream `svc` at `url` behind the route `/svc/` (prefix stripped),
+/// with `upstream_lines` added to the upstream table and `rest` after the
+/// route (limits, more routes).
+pub fn svc_route(url: &str, upstream_lines: &str, rest: &str) -> String {
+    format!(
+        "[[upstream]]\nname = \"svc\"\nurl = \"{url}\"\n{upstream_lines}\n\n\
+         [[route]]\nname = \"svc\"\npath_prefix = \"/svc/\"\nupstream = \"svc\"\nstrip_prefix = true\n\n{rest}"
+    )
+}
+
+/// An upstream `name` at `url` with these `[upstream.credential]` lines,
+/// behind the route `/name/` (prefix stripped).
+pub fn plain_upstream(name: &str, url: &str, credential: &str) -> String {
+    format!(
+        "\n[[upstream]]\nname = \"{name}\"\nurl = \"{url}\"\n[upstream.credential]\n{credential}\n\n\
+         [[route]]\nname = \"{name}\"\npath_prefix = \"/{name}/\"\nupstream = \"{name}\"\nstrip_prefix = true\n"
+    )
+}
+
+/// Runs `gatehouse credentials set UPSTREAM --refresh-token-stdin` with
+/// `vars` added to its environment, feeding it `refresh_token`.
+pub fn credentials_set(config: &Path, upstream: &str, vars: &[(&str, &str)], refresh_token: &str) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .arg("--config")
+        .arg(config)
+        .args(["credentials", "set", upstream, "--refresh-token-stdin"])
+        .envs(vars.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn gatehouse");
+    child.stdin.take().expect("stdin").write_all(format!("{refresh_token}\n").as_bytes()).expect("write stdin");
+    let out = child.wait_with_output().expect("gatehouse credentials set");
+    assert!(
+        out.status.success(),
+        "credentials set failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The refresh token the store `data/gatehouse.db` holds for `upstream`.
+pub async fn stored(env: &TestEnv, key_b64: &str, upstream: &str) -> Option<String> {
+    let key = gatehouse::store::StoreKey::from_base64(key_b64).expect("key");
+    let path = env.path("data/gatehouse.db");
+    let store = gatehouse::store::open_store(path.to_str().expect("utf-8 path"), vec![key]).expect("open store");
+    store.get(upstream).await.expect("store get").map(|s| s.expose().to_owned())
+}
+
 /// gatehouse running in this process.
 pub struct Proxy {
     pub addr: SocketAddr,
@@ -150,32 +202,50 @@ impl Proxy {
     }
 }
 
-/// Polls /metrics until the unlabelled metric `name` reads `value` (10 s deadline).
-pub async fn wait_metric(admin: SocketAddr, name: &str, value: i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut last = None;
+/// Runs `probe` until it returns `Some` and returns that, failing the test
+/// with `what` once `within` has passed. The one way tests wait for
+/// something to happen in another task or process: on the event itself,
+/// looked at every 20 ms, never a guessed sleep.
+pub async fn eventually<T, Fut: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    within: Duration,
+    mut probe: impl FnMut() -> Fut,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
     loop {
-        if let Some((200, body)) = client::admin_get(admin, "/metrics").await {
-            last = body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<i64>().ok());
-            if last == Some(value) {
-                return;
-            }
+        if let Some(found) = probe().await {
+            return found;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{name} stayed at {last:?}, not {value}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-/// Polls /readyz until it answers 200 (10 s deadline).
+/// The unlabelled metric `name` from /metrics.
+pub async fn metric(admin: SocketAddr, name: &str) -> Option<i64> {
+    let (_, body) = client::admin_get(admin, "/metrics").await?;
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<i64>().ok())
+}
+
+/// Waits until the unlabelled metric `name` reads `value` (10 s deadline).
+pub async fn wait_metric(admin: SocketAddr, name: &str, value: i64) {
+    eventually(&format!("{name} = {value}"), Duration::from_secs(10), || async {
+        (metric(admin, name).await == Some(value)).then_some(())
+    })
+    .await;
+}
+
+/// Waits until /readyz answers 200 (10 s deadline).
 pub async fn wait_ready(admin: SocketAddr) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if client::admin_get(admin, "/readyz").await.map(|(s, _)| s) == Some(200) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "gatehouse did not become ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("gatehouse ready", Duration::from_secs(10), || async {
+        (client::admin_get(admin, "/readyz").await.map(|(s, _)| s) == Some(200)).then_some(())
+    })
+    .await;
+}
+
+/// Waits (10 s at most) for a child process to exit on its own.
+pub async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    eventually("the process to exit", Duration::from_secs(10), || std::future::ready(child.try_wait().ok().flatten())).await
 }
 
 /// gatehouse as a child process (for RSS, signals and exit codes).
