@@ -108,7 +108,7 @@ impl Metrics {
                 }
             }
         }
-        out.push_str("# HELP gatehouse_request_duration_seconds Time from request head to response head.\n");
+        out.push_str("# HELP gatehouse_request_duration_seconds Time from request head to the end of the answer.\n");
         out.push_str("# TYPE gatehouse_request_duration_seconds histogram\n");
         for (i, b) in BUCKETS.iter().enumerate() {
             let _ = writeln!(out, "gatehouse_request_duration_seconds_bucket{{le=\"{b}\"}} {}", self.buckets[i].load(Relaxed));
