@@ -64,7 +64,15 @@ fn answer<B>(gw: &Gateway, req: &Request<B>) -> Response<ProxyBody> {
             None => text(StatusCode::OK, "ready\n".into(), "text/plain"),
             Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"), "text/plain"),
         },
-        "/metrics" => text(StatusCode::OK, gw.metrics.render(), "text/plain; version=0.0.4"),
+        "/metrics" => {
+            let mut body = gw.metrics.render();
+            if let Some(store) = &gw.store {
+                body.push_str("# HELP gatehouse_store_up Whether the credential store answered its last operation.\n");
+                body.push_str("# TYPE gatehouse_store_up gauge\n");
+                body.push_str(if store.is_up() { "gatehouse_store_up 1\n" } else { "gatehouse_store_up 0\n" });
+            }
+            text(StatusCode::OK, body, "text/plain; version=0.0.4")
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
     }
 }

@@ -102,15 +102,7 @@ pub async fn run(config: Config, listeners: Listeners, hup: Arc<Notify>, shutdow
     let authn = authn::Authenticator::new(&config.issuers, metrics.clone()).map_err(fail)?;
     let store = match &config.store {
         None => None,
-        Some(s) => {
-            let keys = s
-                .keys
-                .iter()
-                .map(|k| store::StoreKey::from_base64(k.expose()))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| fail(format!("[store] key: {e}")))?;
-            Some(store::open_store(&s.location, keys).map_err(|e| fail(format!("[store]: {e}")))?)
-        }
+        Some(s) => Some(open_configured_store(s).await.map_err(fail)?),
     };
     let observer: Arc<dyn RefreshObserver> = Arc::new(AuditObserver { sink: sink.clone(), metrics: metrics.clone() });
     let mut upstreams = Vec::new();
@@ -131,6 +123,7 @@ pub async fn run(config: Config, listeners: Listeners, hup: Arc<Notify>, shutdow
         metrics,
         request_ids: RequestIds::new(),
         body_timeout: config.limits.body_timeout,
+        store: store.clone(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     gw.authn.start(stop_rx.clone());
@@ -167,6 +160,26 @@ pub async fn run(config: Config, listeners: Listeners, hup: Arc<Notify>, shutdow
     writer.abort();
     tracing::info!("gatehouse stopped");
     Ok(())
+}
+
+/// Opens the store `[store]` configures (connecting to PostgreSQL and
+/// migrating its schema, for a `postgres://` store). The error is one line
+/// for the operator: the key, or the store, that failed.
+pub async fn open_configured_store(settings: &config::StoreSettings) -> Result<Arc<dyn store::CredentialStore>, String> {
+    let keys = settings
+        .keys
+        .iter()
+        .map(|k| store::StoreKey::from_base64(k.expose()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("[store] key: {e}"))?;
+    let tls = outbound::client_tls(None).map_err(|e| format!("[store] TLS: {e}"))?;
+    let postgres = store::PostgresOptions {
+        password: settings.password.clone(),
+        pool_size: settings.pool_size,
+        connect_timeout: settings.connect_timeout,
+        tls,
+    };
+    store::open_store(&settings.location, keys, postgres).await.map_err(|e| format!("[store] {}: {e}", store::redact(&settings.location)))
 }
 
 /// Turns credential refresh events into audit records and metrics.

@@ -232,6 +232,13 @@ fn check(path: &std::path::Path) -> ExitCode {
     if let Err(ds) = PolicySet::load(&config.policies_dir, &config.route_names()) {
         problems.extend(ds.iter().map(ToString::to_string));
     }
+    // A postgres:// store is checked by connecting (and migrating) it.
+    if let Some(store) = config.store.as_ref().filter(|s| gatehouse::store::is_postgres(&s.location)) {
+        let opened = runtime().map_err(|e| e.to_string()).and_then(|rt| rt.block_on(gatehouse::open_configured_store(store)).map(drop));
+        if let Err(why) = opened {
+            problems.push(format!("{}:1:1: {why}", config.file.display()));
+        }
+    }
     let mut out = std::io::stdout().lock();
     for p in &problems {
         let _ = writeln!(out, "{p}");
@@ -374,14 +381,10 @@ fn credentials_set(path: &std::path::Path, upstream: &str) -> anyhow::Result<Exi
         bail!("stdin must hold exactly one refresh token");
     }
     let token = gatehouse::secret::Secret::new(token);
-    let keys = store
-        .keys
-        .iter()
-        .map(|k| gatehouse::store::StoreKey::from_base64(k.expose()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("[store] key: {e}"))?;
-    let store = gatehouse::store::open_store(&store.location, keys).map_err(|e| anyhow::anyhow!("[store]: {e}"))?;
-    runtime()?.block_on(store.put(upstream, &token)).map_err(|e| anyhow::anyhow!("cannot store the refresh token: {e}"))?;
+    runtime()?.block_on(async {
+        let store = gatehouse::open_configured_store(store).await.map_err(anyhow::Error::msg)?;
+        store.put(upstream, &token).await.map_err(|e| anyhow::anyhow!("cannot store the refresh token: {e}"))
+    })?;
     writeln!(std::io::stdout(), "stored a refresh token for upstream {upstream}")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -50,6 +50,8 @@ pub struct Gateway {
     pub request_ids: RequestIds,
     /// Longest wait for the next piece of a caller's request body.
     pub body_timeout: Duration,
+    /// The credential store, when one is configured (for `gatehouse_store_up`).
+    pub store: Option<Arc<dyn crate::store::CredentialStore>>,
 }
 
 /// What the server knows about the caller's connection.

@@ -103,6 +103,12 @@ pub fn host_without_port(authority: &str) -> String {
     host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
 }
 
+/// `localhost`, 127.0.0.0/8 or ::1.
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost") || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// What a route may let through of the path spellings that upstream
 /// frameworks read differently from the policy (refused by default).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -21,6 +21,29 @@ fn gatehouse() -> Command {
 }
 
 #[tokio::test]
+async fn check_connects_to_a_postgres_store_and_reports_an_unreachable_one() {
+    let env = TestEnv::new().await;
+    env.write_policy("all.toml", ALLOW_ALL);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let store = |url: &str| format!("[store]\npath = \"{url}\"\nkey_env = \"GATEHOUSE_STORE_KEY\"\nconnect_timeout_ms = 1000\n\n");
+    let key = ("GATEHOUSE_STORE_KEY", "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=");
+    let bad = env.write_config(&format!(
+        "{}{}",
+        store(&format!("postgres://postgres@{closed}/gatehouse")),
+        common::svc_route("http://127.0.0.1:9", "", "")
+    ));
+    let out = gatehouse().arg("--config").arg(&bad).arg("check").env(key.0, key.1).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.starts_with(&bad.display().to_string()) && stdout.contains("unreachable"), "{stdout}");
+    // The machine's PostgreSQL (a database of its own): check connects and migrates it.
+    let database = common::postgres::TestDatabase::create().await;
+    let good = env.write_config(&format!("{}{}", store(&database.url), common::svc_route("http://127.0.0.1:9", "", "")));
+    let out = gatehouse().arg("--config").arg(&good).arg("check").env(key.0, key.1).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[tokio::test]
 async fn check_accepts_a_valid_config_and_reports_two_mistakes_with_positions() {
     let env = TestEnv::new().await;
     env.write_policy("all.toml", ALLOW_ALL);

@@ -9,6 +9,12 @@ pub const AUDIT_PATH: &str = "audit/audit.jsonl";
 pub const AUDIT_MAX_FILE_BYTES: u64 = 100 * 1024 * 1024;
 /// Audit records that may wait for the writer before new requests wait.
 pub const AUDIT_QUEUE: usize = 16_384;
+/// `[store] pool_size` (PostgreSQL).
+pub const STORE_POOL_SIZE: usize = 8;
+/// `[store] connect_timeout_ms` (PostgreSQL).
+pub const STORE_CONNECT_TIMEOUT: Duration = Duration::from_millis(2_000);
+/// `[store] lease_s`: a replica's refresh lease.
+pub const STORE_LEASE: Duration = Duration::from_secs(15);
 /// `[policies] dir`.
 pub const POLICIES_DIR: &str = "policies";
 /// `[[issuer]] leeway_s`.

@@ -64,6 +64,14 @@ pub struct StoreSettings {
     pub location: String,
     /// Base64 keys; the first encrypts, all decrypt.
     pub keys: Vec<Secret>,
+    /// PostgreSQL password, when the URL has none.
+    pub password: Option<Secret>,
+    /// PostgreSQL connections in the pool.
+    pub pool_size: usize,
+    /// Longest wait to connect to PostgreSQL, and for a pooled connection.
+    pub connect_timeout: Duration,
+    /// How long a replica's refresh lease lasts.
+    pub lease: Duration,
 }
 
 /// One `[[issuer]]`.
@@ -226,11 +234,7 @@ const ALGORITHM_NAMES: [(&str, Algorithm); 9] = [
     ("EdDSA", Algorithm::EdDSA),
 ];
 
-/// `localhost`, 127.0.0.0/8 or ::1.
-pub fn is_loopback_host(host: &str) -> bool {
-    let h = host.trim_start_matches('[').trim_end_matches(']');
-    h.eq_ignore_ascii_case("localhost") || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
+pub use crate::request::is_loopback_host;
 
 #[cfg(test)]
 mod tests;

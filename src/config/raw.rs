@@ -53,6 +53,15 @@ pub struct RawStore {
     /// Older keys still accepted for reading (key rotation).
     #[serde(default)]
     pub previous_key_envs: Vec<Spanned<String>>,
+    /// PostgreSQL: the password, when the URL has none.
+    pub password_file: Option<Spanned<String>>,
+    pub password_env: Option<Spanned<String>>,
+    /// PostgreSQL: connections in the pool.
+    pub pool_size: Option<Spanned<u64>>,
+    /// PostgreSQL: longest wait to connect, and for a pooled connection.
+    pub connect_timeout_ms: Option<Spanned<u64>>,
+    /// How long a replica's refresh lease lasts (PostgreSQL).
+    pub lease_s: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -110,11 +110,8 @@ impl Validator<'_> {
 
     pub(super) fn store(&mut self, s: &Spanned<RawStore>) -> Option<StoreSettings> {
         let r = s.get_ref();
-        let location = if r.path.get_ref().starts_with("postgres://") || r.path.get_ref().starts_with("postgresql://") {
-            r.path.get_ref().clone()
-        } else {
-            self.path(&r.path).display().to_string()
-        };
+        let location =
+            if crate::store::is_postgres(r.path.get_ref()) { r.path.get_ref().clone() } else { self.path(&r.path).display().to_string() };
         let current = match (&r.key_env, &r.key_file) {
             (Some(env), None) => self.env_secret(env),
             (None, Some(file)) => self.file_secret(file),
@@ -123,11 +120,46 @@ impl Validator<'_> {
                 None
             }
         };
+        let password = match (&r.password_env, &r.password_file) {
+            (None, None) => None,
+            (Some(env), None) => self.env_secret(env),
+            (None, Some(file)) => self.file_secret(file),
+            (Some(env), Some(_)) => {
+                self.err(env, "[store] takes password_env or password_file, not both");
+                None
+            }
+        };
+        if !crate::store::is_postgres(&location) {
+            for (key, given) in [
+                ("password_env", r.password_env.as_ref().map(Spanned::span)),
+                ("password_file", r.password_file.as_ref().map(Spanned::span)),
+            ] {
+                if let Some(span) = given {
+                    self.problems.push(self.src.at(span, format!("{key} applies to a postgres:// store only")));
+                }
+            }
+        }
+        let pool_size = match &r.pool_size {
+            None => defaults::STORE_POOL_SIZE,
+            Some(n) if *n.get_ref() == 0 || *n.get_ref() > 1024 => {
+                self.err(n, "pool_size must be from 1 to 1024");
+                defaults::STORE_POOL_SIZE
+            }
+            Some(n) => *n.get_ref() as usize,
+        };
+        let connect_timeout = self.ms(&r.connect_timeout_ms, defaults::STORE_CONNECT_TIMEOUT);
+        let lease = match &r.lease_s {
+            Some(l) if *l.get_ref() == 0 => {
+                self.err(l, "lease_s must be greater than 0");
+                defaults::STORE_LEASE
+            }
+            other => self.secs(other, defaults::STORE_LEASE),
+        };
         let mut keys = vec![current?];
         for env in &r.previous_key_envs {
             keys.extend(self.env_secret(env));
         }
-        Some(StoreSettings { location, keys })
+        Some(StoreSettings { location, keys, password, pool_size, connect_timeout, lease })
     }
 
     pub(super) fn env_secret(&mut self, var: &Spanned<String>) -> Option<Secret> {

@@ -2,14 +2,15 @@
 //!
 //! Every value is sealed with AES-256-GCM before it reaches the backend (see
 //! [`envelope`]), so a copy of the database file or table reveals no token.
-//! The embedded backend is SQLite ([`SqliteStore`]); a PostgreSQL backend for
-//! several replicas will implement the same [`CredentialStore`] trait and must
-//! pass the same [`conformance`] suite.
+//! The embedded backend is SQLite ([`SqliteStore`]); [`PostgresStore`]
+//! serves several replicas. Both implement [`CredentialStore`] and pass the
+//! same conformance suite.
 
 #[doc(hidden)]
 #[cfg(test)]
 mod conformance;
 mod envelope;
+mod postgres;
 mod sqlite;
 
 use std::fmt;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use crate::secret::Secret;
 
 pub use envelope::StoreKey;
+pub use postgres::{PostgresOptions, PostgresStore, SCHEMA_VERSION, redact};
 pub use sqlite::SqliteStore;
 
 /// A boxed, sendable future: keeps [`CredentialStore`] dyn-compatible.
@@ -41,6 +43,11 @@ pub trait CredentialStore: Send + Sync + 'static {
     /// value still equals `old`. `Ok(false)` when it changed meanwhile (or was
     /// removed); nothing is written then.
     fn rotate(&self, upstream: &str, old: &Secret, new: &Secret) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Whether the backend answered its last operation (`gatehouse_store_up`).
+    fn is_up(&self) -> bool {
+        true
+    }
 }
 
 /// Why the store could not answer. `Display` never contains a token or key.
@@ -75,15 +82,21 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// True when `[store] path` names a PostgreSQL database.
+pub fn is_postgres(location: &str) -> bool {
+    let lower = location.to_ascii_lowercase();
+    lower.starts_with("postgres://") || lower.starts_with("postgresql://")
+}
+
 /// Opens the store named by `[store] path`: a file path for the embedded
-/// SQLite store, or a `postgres://` URL (not built yet: an error for now).
+/// SQLite store, or a `postgres://` URL (connected, its schema created or
+/// migrated; `postgres` says how).
 ///
 /// `keys[0]` seals every new value; the others are accepted for reading only,
 /// so a key can be rotated by prepending the new one.
-pub fn open_store(location: &str, keys: Vec<StoreKey>) -> Result<Arc<dyn CredentialStore>, StoreError> {
-    let lower = location.to_ascii_lowercase();
-    if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-        return Err(StoreError::Unsupported("postgres backend not built yet".to_owned()));
+pub async fn open_store(location: &str, keys: Vec<StoreKey>, postgres: PostgresOptions) -> Result<Arc<dyn CredentialStore>, StoreError> {
+    if is_postgres(location) {
+        return Ok(Arc::new(PostgresStore::connect(location, keys, postgres).await?));
     }
     Ok(Arc::new(SqliteStore::open(Path::new(location), keys)?))
 }

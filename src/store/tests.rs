@@ -51,16 +51,16 @@ mod behaviour {
     }
 
     #[tokio::test]
-    async fn open_store_takes_a_path_and_refuses_postgres_for_now() {
+    async fn open_store_takes_a_path_or_a_postgres_url() {
         let dir = tempfile::tempdir().unwrap();
         let path = db(&dir);
-        let store = open_store(path.to_str().unwrap(), vec![key(1)]).unwrap();
+        let store = open_store(path.to_str().unwrap(), vec![key(1)], pg::options()).await.unwrap();
         store.put("crm", &Secret::new("v")).await.unwrap();
-        for url in ["postgres://db/gatehouse", "postgresql://db/gatehouse"] {
-            let err = open_store(url, vec![key(1)]).err().unwrap();
-            assert!(matches!(err, StoreError::Unsupported(_)));
-            assert!(err.to_string().contains("postgres backend not built yet"));
-        }
+        let database = pg::TestDatabase::create().await;
+        let shared = open_store(&database.url, vec![key(1)], pg::options()).await.unwrap();
+        shared.put("crm", &Secret::new("v-pg")).await.unwrap();
+        assert_eq!(shared.get("crm").await.unwrap().unwrap().expose(), "v-pg");
+        assert!(is_postgres("postgresql://db/x") && is_postgres("POSTGRES://db/x") && !is_postgres("data/gatehouse.db"));
     }
 
     #[test]
@@ -213,5 +213,134 @@ mod threats {
         SqliteStore::open(&path, vec![key(1)]).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+}
+
+/// PostgreSQL for tests: the server of this machine (127.0.0.1:5432, user
+/// postgres, trust auth), one fresh database per test, dropped afterwards.
+pub(crate) mod pg {
+    use super::*;
+
+    const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+    pub(crate) fn options() -> PostgresOptions {
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        PostgresOptions { password: None, pool_size: 4, connect_timeout: std::time::Duration::from_secs(5), tls }
+    }
+
+    /// A database of its own; dropped (connections terminated) on drop.
+    pub(crate) struct TestDatabase {
+        pub(crate) name: String,
+        pub(crate) url: String,
+    }
+
+    async fn admin() -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&format!("{SERVER}/postgres"), tokio_postgres::NoTls).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is not reachable at 127.0.0.1:5432 as user postgres ({e}); start it with \
+                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` (scripts/test does)"
+            )
+        });
+        tokio::spawn(conn);
+        client
+    }
+
+    impl TestDatabase {
+        pub(crate) async fn create() -> Self {
+            let mut suffix = [0u8; 6];
+            aws_lc_rs::rand::fill(&mut suffix).unwrap();
+            let name = format!("gatehouse_t_{}", suffix.iter().map(|b| format!("{b:02x}")).collect::<String>());
+            admin().await.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+            Self { url: format!("{SERVER}/{name}"), name }
+        }
+
+        /// A plain connection to it, for looking at what is stored.
+        pub(crate) async fn connect(&self) -> tokio_postgres::Client {
+            let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client
+        }
+    }
+
+    impl Drop for TestDatabase {
+        fn drop(&mut self) {
+            let name = self.name.clone();
+            // Its own thread and runtime: a test's runtime may be gone.
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+                rt.block_on(async {
+                    if let Ok((client, conn)) = tokio_postgres::connect(&format!("{SERVER}/postgres"), tokio_postgres::NoTls).await {
+                        tokio::spawn(conn);
+                        let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+mod postgres {
+    use super::*;
+
+    #[tokio::test]
+    async fn postgres_store_passes_the_conformance_suite() {
+        let database = pg::TestDatabase::create().await;
+        let store: Arc<dyn CredentialStore> = Arc::new(PostgresStore::connect(&database.url, vec![key(1)], pg::options()).await.unwrap());
+        conformance::conformance(store).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_postgres_tables_never_hold_a_token_in_clear() {
+        let database = pg::TestDatabase::create().await;
+        let store: Arc<dyn CredentialStore> = Arc::new(PostgresStore::connect(&database.url, vec![key(1)], pg::options()).await.unwrap());
+        let look = database.connect().await;
+        conformance::conformance_at_rest(store, || async {
+            let rows = look.query("SELECT upstream, value FROM gatehouse_refresh_tokens", &[]).await.unwrap();
+            rows.iter().flat_map(|r| [r.get::<_, &str>(0).as_bytes().to_vec(), r.get::<_, Vec<u8>>(1)].concat()).collect()
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn two_replicas_starting_together_migrate_once_and_share_what_is_stored() {
+        let database = pg::TestDatabase::create().await;
+        let (a, b) = tokio::join!(
+            PostgresStore::connect(&database.url, vec![key(1)], pg::options()),
+            PostgresStore::connect(&database.url, vec![key(1)], pg::options())
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let versions = database.connect().await.query("SELECT version FROM gatehouse_schema", &[]).await.unwrap();
+        assert_eq!(versions.iter().map(|r| r.get::<_, i32>(0)).collect::<Vec<_>>(), [SCHEMA_VERSION]);
+        a.put("crm", &Secret::new("rt-1")).await.unwrap();
+        assert_eq!(b.get("crm").await.unwrap().unwrap().expose(), "rt-1");
+        assert!(b.rotate("crm", &Secret::new("rt-1"), &Secret::new("rt-2")).await.unwrap());
+        assert!(!a.rotate("crm", &Secret::new("rt-1"), &Secret::new("rt-x")).await.unwrap(), "a refresh token is never redeemed twice");
+        assert_eq!(a.get("crm").await.unwrap().unwrap().expose(), "rt-2");
+        assert!(a.is_up() && b.is_up());
+    }
+
+    #[tokio::test]
+    async fn a_database_with_a_newer_schema_is_refused_with_a_clear_message() {
+        let database = pg::TestDatabase::create().await;
+        drop(PostgresStore::connect(&database.url, vec![key(1)], pg::options()).await.unwrap());
+        database.connect().await.execute("INSERT INTO gatehouse_schema (version) VALUES ($1)", &[&(SCHEMA_VERSION + 1)]).await.unwrap();
+        let err = PostgresStore::connect(&database.url, vec![key(1)], pg::options()).await.err().unwrap().to_string();
+        assert!(err.contains("newer than this gatehouse"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_fails_promptly_and_says_so() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let options = PostgresOptions { connect_timeout: std::time::Duration::from_millis(500), ..pg::options() };
+        let started = std::time::Instant::now();
+        let err = PostgresStore::connect(&format!("postgres://postgres@{closed}/x"), vec![key(1)], options).await.err().unwrap();
+        assert!(err.to_string().contains("unreachable"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 }

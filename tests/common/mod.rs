@@ -6,6 +6,7 @@ pub mod client;
 pub mod idp;
 pub mod oauth;
 pub mod oidc;
+pub mod postgres;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};
@@ -158,7 +159,8 @@ pub fn credentials_set(config: &Path, upstream: &str, vars: &[(&str, &str)], ref
 pub async fn stored(env: &TestEnv, key_b64: &str, upstream: &str) -> Option<String> {
     let key = gatehouse::store::StoreKey::from_base64(key_b64).expect("key");
     let path = env.path("data/gatehouse.db");
-    let store = gatehouse::store::open_store(path.to_str().expect("utf-8 path"), vec![key]).expect("open store");
+    let store = gatehouse::store::SqliteStore::open(&path, vec![key]).expect("open store");
+    let store: &dyn gatehouse::store::CredentialStore = &store;
     store.get(upstream).await.expect("store get").map(|s| s.expose().to_owned())
 }
 
