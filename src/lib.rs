@@ -110,7 +110,8 @@ pub async fn run(config: Config, listeners: Listeners, hup: Arc<Notify>, shutdow
         let forwarder =
             forward::Forwarder::new(&u, config.limits.worker_threads()).map_err(|e| fail(format!("upstream {}: {e}", u.name)))?;
         let http = Arc::new(outbound::OutboundHttp::new(u.ca_file.as_deref()).map_err(|e| fail(format!("upstream {}: {e}", u.name)))?);
-        let credential = UpstreamCredential::new(u.name.clone(), u.credential, http, store.clone(), observer.clone());
+        let lease = config.store.as_ref().map_or(config::defaults::STORE_LEASE, |s| s.lease);
+        let credential = UpstreamCredential::new(u.name.clone(), u.credential, http, store.clone(), observer.clone(), lease);
         upstreams.push(Upstream { name: u.name.as_str().into(), forwarder, credential, min_token_age: u.min_token_age });
     }
     let router = route::Router::new(&config.routes, |name| upstreams.iter().position(|u| &*u.name == name));

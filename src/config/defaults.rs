@@ -13,8 +13,8 @@ pub const AUDIT_QUEUE: usize = 16_384;
 pub const STORE_POOL_SIZE: usize = 8;
 /// `[store] connect_timeout_ms` (PostgreSQL).
 pub const STORE_CONNECT_TIMEOUT: Duration = Duration::from_millis(2_000);
-/// `[store] lease_s`: a replica's refresh lease.
-pub const STORE_LEASE: Duration = Duration::from_secs(15);
+/// `[store] lease_s`: a replica's refresh lease (the store defines it).
+pub const STORE_LEASE: Duration = crate::store::DEFAULT_LEASE;
 /// `[policies] dir`.
 pub const POLICIES_DIR: &str = "policies";
 /// `[[issuer]] leeway_s`.

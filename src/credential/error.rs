@@ -25,6 +25,8 @@ pub enum FetchError {
     RotationNotStored { upstream: String, why: String },
     /// The store could not be read.
     Store(String),
+    /// Another replica holds the refresh lease and gave no token in time.
+    LeaseHeld { upstream: String },
     /// The token endpoint answered an OAuth error (only a registered code is
     /// repeated, never its free text).
     Refused { upstream: String, status: u16, code: &'static str },
@@ -71,6 +73,9 @@ impl fmt::Display for FetchError {
                 write!(f, "rotated refresh token for upstream {upstream} could not be stored, so the new access token is not used: {why}")
             }
             Self::Store(why) => f.write_str(why),
+            Self::LeaseHeld { upstream } => {
+                write!(f, "another replica is refreshing the token of upstream {upstream} and has not finished; try again")
+            }
             Self::Refused { upstream, status, code } => write!(f, "token endpoint for upstream {upstream} answered {status}: {code}"),
             Self::Endpoint { upstream, why } => write!(f, "upstream {upstream}: {why}"),
             Self::Internal(why) => f.write_str(why),

@@ -18,6 +18,7 @@ use super::slot::{Timing, Token};
 use super::{ClientAuth, OAuthClient, RefreshEvent, RefreshObserver, TokenHttp};
 use crate::secret::Secret;
 use crate::store::CredentialStore;
+use crate::store::SharedAccess;
 
 const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -68,6 +69,8 @@ struct Answer {
     access_token: Secret,
     refresh_token: Option<Secret>,
     lifetime: Duration,
+    /// How long ago it was obtained (zero unless another replica did).
+    age: Duration,
 }
 
 /// The raw JSON of a token answer. No `Debug`: it holds tokens.
@@ -152,41 +155,111 @@ impl Grant {
             upstream: self.upstream.clone(),
             why: EndpointFailure::BadAnswer("the access token holds characters not allowed in an HTTP header".into()),
         })?;
+        let issued = issued.checked_sub(answer.age).unwrap_or(issued);
         Ok(Token::new(value, answer.lifetime, issued, &self.timing))
     }
 
-    /// RFC 6749 §6 with the stored refresh token; a rotated one is committed
-    /// (compare-and-swap) before the access token may be used.
+    /// RFC 6749 §6 with the stored refresh token, once for all replicas
+    /// sharing the store: the access token another replica committed is
+    /// used while it is not yet due; else the replica that takes the refresh
+    /// lease refreshes, and the others wait for its commit (woken by the
+    /// store, or at the lease's end at the latest) and use its token.
     async fn refresh_with_stored_token(&self) -> Result<Answer, FetchError> {
         let upstream = &self.upstream;
         let store = self.store.as_ref().ok_or_else(|| FetchError::NoStore { upstream: upstream.clone() })?;
-        let stored = store
-            .get(upstream)
-            .await
-            .map_err(|e| FetchError::Store(e.to_string()))?
-            .ok_or_else(|| FetchError::NotStored { upstream: upstream.clone() })?;
-        let params = vec![("grant_type", "refresh_token".to_owned()), ("refresh_token", stored.expose().to_owned())];
-        let answer = match self.request(params).await {
-            Ok(answer) => answer,
-            Err(EndpointError::OAuth { code: "invalid_grant", .. }) => {
-                return Err(FetchError::StoredTokenRejected { upstream: upstream.clone() });
+        let store_error = |e: crate::store::StoreError| FetchError::Store(e.to_string());
+        let give_up = Instant::now() + self.timing.lease * 2;
+        loop {
+            if let Some(shared) = store.shared_access(upstream).await.map_err(store_error)?
+                && let Some(answer) = adoptable(shared, &self.timing)
+            {
+                return Ok(answer);
             }
-            Err(other) => return Err(self.describe(other)),
-        };
-        if let Some(rotated) = answer.refresh_token.as_ref().filter(|new| **new != stored) {
-            #[cfg(feature = "failpoints")]
-            if std::env::var(FAILPOINT_VAR).as_deref() == Ok(FAILPOINT_AFTER_ROTATION) {
-                std::process::abort();
+            if let Some(fence) = store.take_lease(upstream, holder_id(), self.timing.lease).await.map_err(store_error)? {
+                return self.refresh_under_lease(&**store, fence).await;
             }
-            match store.rotate(upstream, &stored, rotated).await {
-                Ok(true) => {}
-                Ok(false) => return Err(FetchError::RotationRaced { upstream: upstream.clone() }),
-                Err(e) => return Err(FetchError::RotationNotStored { upstream: upstream.clone(), why: e.to_string() }),
+            let now = Instant::now();
+            if now >= give_up {
+                return Err(FetchError::LeaseHeld { upstream: upstream.clone() });
             }
+            store.wait_change(upstream, (give_up - now).min(self.timing.lease)).await;
         }
-        Ok(answer)
     }
 
+    /// The refresh itself, holding lease `fence`: the rotated refresh token
+    /// and the new access token are committed together before the access
+    /// token is used; a lease lost meanwhile (this replica was too slow and
+    /// another took over) commits nothing.
+    async fn refresh_under_lease(&self, store: &dyn crate::store::CredentialStore, fence: i64) -> Result<Answer, FetchError> {
+        let upstream = &self.upstream;
+        let release = |error: FetchError| async move {
+            if let Err(e) = store.release_lease(upstream, fence).await {
+                tracing::warn!(upstream, error = %e, "refresh lease not released; it ends at its expiry");
+            }
+            error
+        };
+        let stored = match store.get(upstream).await {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return Err(release(FetchError::NotStored { upstream: upstream.clone() }).await),
+            Err(e) => return Err(release(FetchError::Store(e.to_string())).await),
+        };
+        let params = vec![("grant_type", "refresh_token".to_owned()), ("refresh_token", stored.expose().to_owned())];
+        // Well within the lease, so that no other replica takes over while
+        // this one still waits for an answer.
+        let within = self.timing.request_timeout.min(self.timing.lease.mul_f64(0.6));
+        let answer = match tokio::time::timeout(within, self.request(params)).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(EndpointError::OAuth { code: "invalid_grant", .. })) => {
+                return Err(release(FetchError::StoredTokenRejected { upstream: upstream.clone() }).await);
+            }
+            Ok(Err(other)) => return Err(release(self.describe(other)).await),
+            Err(_) => {
+                let why = EndpointFailure::Timeout(within.as_secs());
+                return Err(release(FetchError::Endpoint { upstream: upstream.clone(), why }).await);
+            }
+        };
+        let rotated = answer.refresh_token.as_ref().filter(|new| **new != stored);
+        #[cfg(feature = "failpoints")]
+        if rotated.is_some() && std::env::var(FAILPOINT_VAR).as_deref() == Ok(FAILPOINT_AFTER_ROTATION) {
+            std::process::abort();
+        }
+        let issued_at = unix_now();
+        let shared = SharedAccess { value: answer.access_token.clone(), issued_at, expires_at: issued_at + answer.lifetime.as_secs_f64() };
+        match store.commit_refresh(upstream, fence, &stored, rotated, &shared).await {
+            Ok(true) => Ok(answer),
+            Ok(false) => Err(FetchError::RotationRaced { upstream: upstream.clone() }),
+            Err(e) => Err(FetchError::RotationNotStored { upstream: upstream.clone(), why: e.to_string() }),
+        }
+    }
+}
+
+/// The process's name as a lease holder: random, so that a restarted
+/// replica never mistakes an old lease for its own.
+fn holder_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        let _ = aws_lc_rs::rand::fill(&mut bytes);
+        format!("gatehouse-{}-{}", std::process::id(), bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    })
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The access token another replica committed, as this replica's answer,
+/// while it is not yet due for renewal by the same rules as a token fetched
+/// here (so every replica renews at the same point, and one of them does);
+/// `None` when it is time to refresh.
+fn adoptable(shared: SharedAccess, timing: &Timing) -> Option<Answer> {
+    let lifetime = Duration::try_from_secs_f64(shared.expires_at - shared.issued_at).ok()?;
+    let age = Duration::try_from_secs_f64(unix_now() - shared.issued_at).unwrap_or_default();
+    let (_, refresh) = super::slot::windows(lifetime, timing);
+    (age < refresh).then_some(Answer { access_token: shared.value, refresh_token: None, lifetime, age })
+}
+
+impl Grant {
     /// POSTs the grant with the client's authentication and common parameters.
     async fn request(&self, mut params: Vec<(&'static str, String)>) -> Result<Answer, EndpointError> {
         let client = &self.client;
@@ -274,6 +347,7 @@ fn parse_answer(bytes: &[u8], kind: GrantKind, default_lifetime: Duration) -> Re
         access_token: Secret::new(raw.access_token),
         refresh_token: raw.refresh_token.filter(|t| !t.is_empty()).map(Secret::new),
         lifetime,
+        age: Duration::ZERO,
     })
 }
 

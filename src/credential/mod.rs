@@ -242,8 +242,9 @@ impl UpstreamCredential {
         http: Arc<dyn TokenHttp>,
         store: Option<Arc<dyn CredentialStore>>,
         observer: Arc<dyn RefreshObserver>,
+        lease: Duration,
     ) -> Self {
-        Self::with_timing(upstream, spec, http, store, observer, Timing::default())
+        Self::with_timing(upstream, spec, http, store, observer, Timing { lease, ..Timing::default() })
     }
 
     /// [`new`](Self::new) with other timing rules (tests shorten them).

@@ -36,6 +36,8 @@ pub(crate) struct Timing {
     pub request_timeout: Duration,
     /// Lifetime assumed when the answer has no `expires_in`.
     pub default_lifetime: Duration,
+    /// How long a replica's refresh lease lasts (`[store] lease_s`).
+    pub lease: Duration,
 }
 
 impl Default for Timing {
@@ -48,6 +50,7 @@ impl Default for Timing {
             backoff_max: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
             default_lifetime: Duration::from_secs(300),
+            lease: crate::store::DEFAULT_LEASE,
         }
     }
 }
@@ -70,20 +73,25 @@ impl Token {
     /// A token that lives `lifetime` from `issued` (taken before the request
     /// was sent, so the estimate errs on the early side).
     pub fn new(value: HeaderValue, lifetime: Duration, issued: Instant, timing: &Timing) -> Self {
-        // docs/config.md §11: never used within `expiry_margin` (5 s) of its expiry.
-        // A token that does not even live that long cannot keep the rule;
-        // it is used for the first half of its life only.
-        let margin = if lifetime > timing.expiry_margin { timing.expiry_margin } else { lifetime / 2 };
-        let usable = lifetime.saturating_sub(margin);
-        let usable_until = issued + usable;
-        // Refreshed once `refresh_fraction` (80 %) of the lifetime has passed,
-        // or earlier when that point lies past the usable window, so that a
-        // fresh token is there before the old one stops being used.
-        let nominal = lifetime.mul_f64(timing.refresh_fraction);
-        let refresh_at = issued + if nominal < usable { nominal } else { usable.mul_f64(timing.refresh_fraction) };
+        let (usable, refresh) = windows(lifetime, timing);
         let expires_at = OffsetDateTime::now_utc() + time::Duration::try_from(lifetime).unwrap_or(time::Duration::MAX);
-        Self { value, usable_until, refresh_at, expires_at, issued }
+        Self { value, usable_until: issued + usable, refresh_at: issued + refresh, expires_at, issued }
     }
+}
+
+/// For a token that lives `lifetime`: how long it may be used, and when it
+/// is renewed, both counted from when it was obtained (docs/config.md §11).
+pub(crate) fn windows(lifetime: Duration, timing: &Timing) -> (Duration, Duration) {
+    // Never used within `expiry_margin` (5 s) of its expiry. A token that
+    // does not even live that long cannot keep the rule; it is used for the
+    // first half of its life only.
+    let margin = if lifetime > timing.expiry_margin { timing.expiry_margin } else { lifetime / 2 };
+    let usable = lifetime.saturating_sub(margin);
+    // Refreshed once `refresh_fraction` (80 %) of the lifetime has passed,
+    // or earlier when that point lies past the usable window, so that a
+    // fresh token is there before the old one stops being used.
+    let nominal = lifetime.mul_f64(timing.refresh_fraction);
+    (usable, if nominal < usable { nominal } else { usable.mul_f64(timing.refresh_fraction) })
 }
 
 /// A cache of one token plus the single-flight gate around fetching it.

@@ -18,6 +18,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::secret::Secret;
 
@@ -48,6 +49,68 @@ pub trait CredentialStore: Send + Sync + 'static {
     fn is_up(&self) -> bool {
         true
     }
+
+    // Refreshing for several replicas. A store shared by several processes
+    // keeps the access token obtained from a stored refresh token, and a
+    // lease, so that one replica refreshes and every other uses its token.
+    // The defaults are those of a store one process owns: nothing is shared,
+    // the lease is always ours, and a commit is a plain `rotate`.
+
+    /// The access token another replica obtained for `upstream`, if any.
+    fn shared_access(&self, _upstream: &str) -> BoxFuture<'_, Result<Option<SharedAccess>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Takes the refresh lease for `lease` unless another holder has a live
+    /// one: `Some(fence)`, a number that grows with each taking, or `None`.
+    fn take_lease(&self, _upstream: &str, _holder: &str, _lease: Duration) -> BoxFuture<'_, Result<Option<i64>, StoreError>> {
+        Box::pin(async { Ok(Some(0)) })
+    }
+
+    /// Gives a lease back without a new token (the refresh failed).
+    fn release_lease(&self, _upstream: &str, _fence: i64) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Commits a refresh made under lease `fence`, in one step: the rotated
+    /// refresh token (when `new` is given, compare-and-swap from `old`) and
+    /// the access token for the other replicas; then releases the lease and
+    /// wakes the waiters. `Ok(false)` when the lease was lost meanwhile (a
+    /// newer holder fenced this one out) or the stored token changed:
+    /// nothing is written then.
+    fn commit_refresh<'a>(
+        &'a self,
+        upstream: &'a str,
+        _fence: i64,
+        old: &'a Secret,
+        new: Option<&'a Secret>,
+        _access: &'a SharedAccess,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        match new {
+            Some(new) => self.rotate(upstream, old, new),
+            None => Box::pin(async { Ok(true) }),
+        }
+    }
+
+    /// Waits until another replica commits or releases for `upstream`, or
+    /// `timeout` passes (whichever comes first).
+    fn wait_change(&self, _upstream: &str, timeout: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(tokio::time::sleep(timeout))
+    }
+}
+
+/// How long a replica's refresh lease lasts unless `[store] lease_s` says
+/// otherwise (the one place this default lives: the store is below the
+/// credential and the config that use it).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
+
+/// An access token shared between replicas: when it was obtained and when
+/// it expires, in seconds since the Unix epoch.
+#[derive(Clone, Debug)]
+pub struct SharedAccess {
+    pub value: Secret,
+    pub issued_at: f64,
+    pub expires_at: f64,
 }
 
 /// Why the store could not answer. `Display` never contains a token or key.

@@ -18,7 +18,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::envelope::{self, StoreKey};
-use super::{BoxFuture, CredentialStore, StoreError};
+use super::{BoxFuture, CredentialStore, SharedAccess, StoreError};
 use crate::secret::Secret;
 
 /// The schema this build reads and writes.
@@ -38,6 +38,7 @@ const MIGRATIONS: [&str; 1] = ["
     CREATE TABLE gatehouse_access_tokens (
         upstream   TEXT PRIMARY KEY,
         value      BYTEA NOT NULL,
+        issued_at  TIMESTAMPTZ NOT NULL,
         expires_at TIMESTAMPTZ NOT NULL,
         fence      BIGINT NOT NULL
     );
@@ -79,6 +80,9 @@ pub struct PostgresOptions {
     pub tls: rustls::ClientConfig,
 }
 
+/// The channel commits and releases are announced on (`LISTEN`).
+const CHANNEL: &str = "gatehouse_refresh";
+
 /// Refresh tokens (and, for the replicas, the state they share) in one
 /// PostgreSQL database, each value sealed with AES-256-GCM.
 pub struct PostgresStore {
@@ -86,6 +90,12 @@ pub struct PostgresStore {
     keys: Vec<StoreKey>,
     /// Whether the last operation reached the database.
     up: AtomicBool,
+    /// The connection config, for the listening connection.
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    /// Upstream names announced on `CHANNEL`; the listener starts with the
+    /// first waiter.
+    changes: tokio::sync::OnceCell<tokio::sync::broadcast::Sender<String>>,
 }
 
 impl PostgresStore {
@@ -120,8 +130,8 @@ impl PostgresStore {
         }
         config.connect_timeout(options.connect_timeout);
         config.application_name("gatehouse");
-        let manager =
-            Manager::from_config(config, MakeRustlsConnect::new(options.tls), ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let tls = MakeRustlsConnect::new(options.tls);
+        let manager = Manager::from_config(config.clone(), tls.clone(), ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .wait_timeout(Some(options.connect_timeout))
@@ -130,7 +140,7 @@ impl PostgresStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Backend(format!("connection pool: {e}")))?;
-        let store = Self { pool, keys, up: AtomicBool::new(false) };
+        let store = Self { pool, keys, up: AtomicBool::new(false), config, tls, changes: tokio::sync::OnceCell::new() };
         store.migrate().await?;
         Ok(store)
     }
@@ -183,6 +193,21 @@ impl PostgresStore {
             Some(db) => format!("database: {}", db.message()),
             None => format!("database: {e}"),
         })
+    }
+
+    /// The announcements of `CHANNEL`, from one listening connection that
+    /// reconnects by itself (a waiter that misses one still wakes at its
+    /// timeout: polling is the fallback).
+    async fn changes(&self) -> tokio::sync::broadcast::Receiver<String> {
+        let sender = self
+            .changes
+            .get_or_init(|| async {
+                let (tx, _) = tokio::sync::broadcast::channel(256);
+                tokio::spawn(listen(self.config.clone(), self.tls.clone(), tx.downgrade()));
+                tx
+            })
+            .await;
+        sender.subscribe()
     }
 
     fn seal(&self, upstream: &str, value: &Secret) -> Result<Vec<u8>, StoreError> {
@@ -257,6 +282,185 @@ impl CredentialStore for PostgresStore {
 
     fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    fn shared_access(&self, upstream: &str) -> BoxFuture<'_, Result<Option<SharedAccess>, StoreError>> {
+        let upstream = upstream.to_owned();
+        Box::pin(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT value, EXTRACT(EPOCH FROM issued_at)::float8, EXTRACT(EPOCH FROM expires_at)::float8
+                     FROM gatehouse_access_tokens WHERE upstream = $1",
+                    &[&upstream],
+                )
+                .await
+                .map_err(|e| self.failed(e))?;
+            let Some(row) = row else { return Ok(None) };
+            let value = self.unseal(&access_name(&upstream), row.get::<_, &[u8]>(0))?;
+            Ok(Some(SharedAccess { value, issued_at: row.get(1), expires_at: row.get(2) }))
+        })
+    }
+
+    fn take_lease(&self, upstream: &str, holder: &str, lease: Duration) -> BoxFuture<'_, Result<Option<i64>, StoreError>> {
+        let (upstream, holder) = (upstream.to_owned(), holder.to_owned());
+        Box::pin(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    "INSERT INTO gatehouse_refresh_leases AS l (upstream, holder, expires_at, fence)
+                     VALUES ($1, $2, now() + make_interval(secs => $3), 1)
+                     ON CONFLICT (upstream) DO UPDATE
+                        SET holder = excluded.holder, expires_at = excluded.expires_at, fence = l.fence + 1
+                        WHERE l.holder IS NULL OR l.expires_at < now()
+                     RETURNING fence",
+                    &[&upstream, &holder, &lease.as_secs_f64()],
+                )
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn release_lease(&self, upstream: &str, fence: i64) -> BoxFuture<'_, Result<(), StoreError>> {
+        let upstream = upstream.to_owned();
+        Box::pin(async move {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "WITH released AS (
+                         UPDATE gatehouse_refresh_leases SET holder = NULL, expires_at = NULL
+                         WHERE upstream = $1 AND fence = $2 RETURNING upstream)
+                     SELECT pg_notify($3, upstream) FROM released",
+                    &[&upstream, &fence, &CHANNEL],
+                )
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(())
+        })
+    }
+
+    fn commit_refresh<'a>(
+        &'a self,
+        upstream: &'a str,
+        fence: i64,
+        old: &'a Secret,
+        new: Option<&'a Secret>,
+        access: &'a SharedAccess,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let sealed_access = self.seal(&access_name(upstream), &access.value)?;
+            let sealed_refresh = new.map(|n| self.seal(upstream, n)).transpose()?;
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(|e| self.failed(e))?;
+            // The fence: only the holder of the newest lease may commit.
+            let lease = tx
+                .query_opt("SELECT fence FROM gatehouse_refresh_leases WHERE upstream = $1 FOR UPDATE", &[&upstream])
+                .await
+                .map_err(|e| self.failed(e))?;
+            if lease.map(|r| r.get::<_, i64>(0)) != Some(fence) {
+                return Ok(false);
+            }
+            if let Some(sealed) = &sealed_refresh {
+                let row = tx
+                    .query_opt("SELECT value FROM gatehouse_refresh_tokens WHERE upstream = $1 FOR UPDATE", &[&upstream])
+                    .await
+                    .map_err(|e| self.failed(e))?;
+                let Some(row) = row else { return Ok(false) };
+                if !same(self.unseal(upstream, row.get::<_, &[u8]>(0))?.expose(), old.expose()) {
+                    return Ok(false);
+                }
+                tx.execute("UPDATE gatehouse_refresh_tokens SET value = $2, updated_at = now() WHERE upstream = $1", &[&upstream, sealed])
+                    .await
+                    .map_err(|e| self.failed(e))?;
+            }
+            tx.execute(
+                "INSERT INTO gatehouse_access_tokens (upstream, value, issued_at, expires_at, fence)
+                 VALUES ($1, $2, to_timestamp($3), to_timestamp($4), $5)
+                 ON CONFLICT (upstream) DO UPDATE
+                    SET value = excluded.value, issued_at = excluded.issued_at, expires_at = excluded.expires_at, fence = excluded.fence",
+                &[&upstream, &sealed_access, &access.issued_at, &access.expires_at, &fence],
+            )
+            .await
+            .map_err(|e| self.failed(e))?;
+            tx.execute("UPDATE gatehouse_refresh_leases SET holder = NULL, expires_at = NULL WHERE upstream = $1", &[&upstream])
+                .await
+                .map_err(|e| self.failed(e))?;
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &upstream]).await.map_err(|e| self.failed(e))?;
+            tx.commit().await.map_err(|e| self.failed(e))?;
+            Ok(true)
+        })
+    }
+
+    fn wait_change(&self, upstream: &str, timeout: Duration) -> BoxFuture<'_, ()> {
+        let upstream = upstream.to_owned();
+        Box::pin(async move {
+            let mut changes = self.changes().await;
+            let wait = async {
+                loop {
+                    match changes.recv().await {
+                        Ok(name) if name == upstream => return,
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(timeout, wait).await;
+        })
+    }
+}
+
+/// The name an access token is sealed under: never confused with the
+/// upstream's refresh token.
+fn access_name(upstream: &str) -> String {
+    format!("{upstream}#access")
+}
+
+/// Keeps one connection listening on `CHANNEL` and passes what it hears on,
+/// reconnecting with a backoff (1 s doubling to 30 s) while the database is
+/// away; ends when the store is gone.
+async fn listen(config: tokio_postgres::Config, tls: MakeRustlsConnect, announce: tokio::sync::broadcast::WeakSender<String>) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        if announce.upgrade().is_none() {
+            return;
+        }
+        match config.connect(tls.clone()).await {
+            Ok((client, mut connection)) => {
+                let statement = format!("LISTEN {CHANNEL}");
+                let listening = client.batch_execute(&statement);
+                let mut listening = std::pin::pin!(listening);
+                let mut subscribed = false;
+                loop {
+                    let message = std::future::poll_fn(|cx| {
+                        if !subscribed && let std::task::Poll::Ready(result) = listening.as_mut().poll(cx) {
+                            subscribed = true;
+                            if let Err(e) = result {
+                                return std::task::Poll::Ready(Some(Err(e)));
+                            }
+                        }
+                        connection.poll_message(cx)
+                    })
+                    .await;
+                    match message {
+                        Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                            backoff = Duration::from_secs(1);
+                            let Some(tx) = announce.upgrade() else { return };
+                            let _ = tx.send(n.payload().to_owned());
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "credential store listener lost its connection");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "credential store listener cannot connect"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 

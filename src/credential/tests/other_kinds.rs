@@ -60,7 +60,7 @@ async fn token_exchange_is_single_flight_per_caller() {
 #[tokio::test]
 async fn static_passthrough_and_none_need_no_token_endpoint() {
     let never = || Arc::new(MemoryHttp::default());
-    let make = |spec| UpstreamCredential::new("u".to_owned(), spec, never(), None, Arc::new(Events::default()));
+    let make = |spec| UpstreamCredential::new("u".to_owned(), spec, never(), None, Arc::new(Events::default()), Duration::from_secs(15));
     let caller = Secret::new("caller.jwt");
 
     let fixed = make(CredentialSpec::Static { header: HeaderName::from_static("x-api-key"), value: Secret::new("k-123") });
