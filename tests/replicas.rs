@@ -1,0 +1,109 @@
+//! Several replicas on one PostgreSQL store: they share the stored refresh
+//! token and the access token obtained from it, so that N replicas make the
+//! token requests one instance would, and a rotating authorization server
+//! never sees a refresh token used twice.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code: a failed step is a failed test")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::client::{self, get};
+use common::oauth::OAuthApi;
+use common::postgres::TestDatabase;
+use common::{ALLOW_ALL, ChildProxy, TestEnv};
+
+const KEY_ENV: &str = "GATEHOUSE_STORE_KEY";
+const KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+
+/// A refresh_token upstream `crm` on the API of `api`, and the store in `database`.
+fn config(env: &TestEnv, api: &OAuthApi, database: &TestDatabase) -> std::path::PathBuf {
+    std::fs::create_dir_all(env.path("secrets")).unwrap();
+    std::fs::write(env.path("secrets/crm"), api.client_secret()).unwrap();
+    env.write_policy("all.toml", ALLOW_ALL);
+    env.write_config(&format!(
+        r#"
+[store]
+path = "{db}"
+key_env = "{KEY_ENV}"
+lease_s = 5
+
+[[upstream]]
+name = "crm"
+url = "{api_url}"
+[upstream.credential]
+kind = "refresh_token"
+token_url = "{token_url}"
+client_id = "{client_id}"
+client_secret_file = "secrets/crm"
+
+[[route]]
+name = "crm"
+path_prefix = "/crm/"
+upstream = "crm"
+strip_prefix = true
+"#,
+        db = database.url,
+        api_url = api.api_url(),
+        token_url = api.token_url(),
+        client_id = api.client_id(),
+    ))
+}
+
+/// Three `gatehouse serve` processes on one database under steady load, with
+/// 2 s upstream tokens and a rotating refresh token: every request answered,
+/// no refresh token redeemed twice, and about as many token requests as one
+/// instance makes (one per 0.8 s), not three times as many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_refresh_once_per_token_lifetime_and_never_reuse_a_refresh_token() {
+    let soak = Duration::from_secs(std::env::var("GATEHOUSE_REPLICA_SOAK_S").ok().and_then(|s| s.parse().ok()).unwrap_or(20));
+    let env = TestEnv::new().await;
+    let api = OAuthApi::start().await;
+    api.set_rotation(true, false);
+    api.set_lifetime(2);
+    let database = TestDatabase::create().await;
+    let config = config(&env, &api, &database);
+    common::credentials_set(&config, "crm", &[(KEY_ENV, KEY)], &api.new_refresh_token());
+    let replicas: Vec<ChildProxy> = (0..3).map(|_| ChildProxy::spawn_with_env(&config, &[(KEY_ENV, KEY)])).collect();
+    for r in &replicas {
+        common::wait_ready(r.admin).await;
+    }
+    let token = env.token("svc-a", "test");
+    let started = Instant::now();
+    let load: Vec<_> = replicas
+        .iter()
+        .map(|r| {
+            let (c, addr, token) = (client::h1(&env.certs.ca), r.addr, token.clone());
+            tokio::spawn(async move {
+                let (mut sent, mut failed) = (0u64, Vec::new());
+                while started.elapsed() < soak {
+                    let answer = get(&c, addr, "/crm/items", Some(&token)).await;
+                    sent += 1;
+                    if answer.status != 200 {
+                        failed.push(format!("{} {}", answer.status, String::from_utf8_lossy(&answer.body)));
+                    }
+                }
+                (sent, failed)
+            })
+        })
+        .collect();
+    let (mut sent, mut failed) = (0, Vec::new());
+    for l in load {
+        let (s, f) = l.await.unwrap();
+        sent += s;
+        failed.extend(f);
+    }
+    let refreshes: Vec<_> = api.token_requests().into_iter().filter(|r| r.grant == "refresh_token").collect();
+    let refused = refreshes.iter().filter(|r| r.status != 200).count();
+    let one_instance = soak.as_secs_f64() / 0.8;
+    eprintln!(
+        "3 replicas, {soak:?}: {sent} requests, {} failed; {} token requests ({refused} refused; one instance would make about {one_instance:.0})",
+        failed.len(),
+        refreshes.len()
+    );
+    assert!(failed.is_empty(), "{} failed, first: {:?}", failed.len(), failed.first());
+    assert_eq!(refused, 0, "a refresh token was used twice (invalid_grant)");
+    assert!((refreshes.len() as f64) <= one_instance * 1.25 + 3.0, "{} token requests for 3 replicas", refreshes.len());
+    assert!(sent > 300, "steady load: {sent} requests");
+}
