@@ -107,3 +107,103 @@ async fn three_replicas_refresh_once_per_token_lifetime_and_never_reuse_a_refres
     assert!((refreshes.len() as f64) <= one_instance * 1.25 + 3.0, "{} token requests for 3 replicas", refreshes.len());
     assert!(sent > 300, "steady load: {sent} requests");
 }
+
+/// A replica that dies (abort, as kill -9 stops it) right after taking the
+/// refresh lease, before its token request: the next replica takes over
+/// once the lease ends; its caller waits for that, and is answered; the
+/// stored refresh token was never spent, and is redeemed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_holding_the_refresh_lease_is_replaced_when_the_lease_ends() {
+    let env = TestEnv::new().await;
+    let api = OAuthApi::start().await;
+    api.set_rotation(true, false);
+    let database = TestDatabase::create().await;
+    let config = config(&env, &api, &database);
+    let initial = api.new_refresh_token();
+    common::credentials_set(&config, "crm", &[(KEY_ENV, KEY)], &initial);
+    // Its first refresh (at start) takes the lease, and the process dies there.
+    let mut doomed = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["--log-format", "json", "--config"])
+        .arg(&config)
+        .arg("serve")
+        .env(KEY_ENV, KEY)
+        .env("GATEHOUSE_FAILPOINT", "after_lease_taken")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = common::wait_exit(&mut doomed).await;
+    let died = Instant::now();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(6), "died at the failpoint: {status:?}");
+    let lease = database
+        .connect()
+        .await
+        .query_one("SELECT holder IS NOT NULL FROM gatehouse_refresh_leases WHERE upstream = 'crm'", &[])
+        .await
+        .unwrap()
+        .get::<_, bool>(0);
+    assert!(lease, "the dead replica left its lease behind");
+    assert!(api.token_requests().is_empty(), "it died before any token request");
+
+    let survivor = ChildProxy::spawn_with_env(&config, &[(KEY_ENV, KEY)]);
+    common::wait_ready(survivor.admin).await;
+    let c = client::h1(&env.certs.ca);
+    let answer = get(&c, survivor.addr, "/crm/items", Some(&env.token("svc-a", "test"))).await;
+    let waited = died.elapsed();
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    assert!(waited < Duration::from_secs(5 + 5), "taken over once the 5 s lease ended: {waited:?}");
+    let refreshes: Vec<_> = api.token_requests().into_iter().filter(|r| r.grant == "refresh_token").collect();
+    assert_eq!(refreshes.len(), 1, "one redemption of the stored token");
+    assert_eq!((refreshes[0].status, refreshes[0].refresh_token.as_deref()), (200, Some(initial.as_str())));
+    eprintln!("lease holder killed: the survivor answered {waited:?} after the death (lease 5 s)");
+}
+
+/// Every connection to the database is terminated, twice, under load:
+/// cached tokens keep serving, and the replica recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_database_connections_are_recovered_by_themselves() {
+    let env = TestEnv::new().await;
+    let api = OAuthApi::start().await;
+    api.set_rotation(true, false);
+    api.set_lifetime(3);
+    let database = TestDatabase::create().await;
+    let config = config(&env, &api, &database);
+    common::credentials_set(&config, "crm", &[(KEY_ENV, KEY)], &api.new_refresh_token());
+    let proxy = ChildProxy::spawn_with_env(&config, &[(KEY_ENV, KEY)]);
+    common::wait_ready(proxy.admin).await;
+    let token = env.token("svc-a", "test");
+    let (c, addr) = (client::h1(&env.certs.ca), proxy.addr);
+    let started = Instant::now();
+    let load = tokio::spawn(async move {
+        let mut outcomes = Vec::new();
+        while started.elapsed() < Duration::from_secs(12) {
+            let answer = get(&c, addr, "/crm/items", Some(&token)).await;
+            outcomes.push((started.elapsed(), answer.status));
+        }
+        outcomes
+    });
+    let admin = database.connect().await;
+    for at in [2, 5] {
+        tokio::time::sleep_until((started + Duration::from_secs(at)).into()).await;
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&database.name],
+            )
+            .await
+            .unwrap();
+    }
+    let outcomes = load.await.unwrap();
+    let failed: Vec<_> = outcomes.iter().filter(|(_, s)| *s != 200).collect();
+    let late_failures = failed.iter().filter(|(at, _)| *at > Duration::from_secs(9)).count();
+    eprintln!(
+        "{} requests, {} not 200 (all before 9 s: {}); the database connections were terminated at 2 s and 5 s",
+        outcomes.len(),
+        failed.len(),
+        late_failures == 0
+    );
+    assert_eq!(late_failures, 0, "recovered by itself: {failed:?}");
+    assert!(failed.iter().all(|(_, s)| *s == 503), "a failure is 503 credential_unavailable: {failed:?}");
+    assert_eq!(api.token_requests().iter().filter(|r| r.status != 200).count(), 0, "no refresh token used twice");
+    common::wait_metric(proxy.admin, "gatehouse_store_up", 1).await;
+}

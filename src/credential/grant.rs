@@ -24,13 +24,17 @@ const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type
 const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
-/// The env var and value of the crash-test failpoint: abort after a rotated
-/// refresh token was received and before it is committed (the kill -9 test
-/// proves the old token is still in the store then). Nothing else reads it.
+/// The crash-test failpoints (test-only feature `failpoints`): the process
+/// aborts, as kill -9 would stop it, where `GATEHOUSE_FAILPOINT` names:
+/// `after_rotation_received` (a rotated refresh token arrived and is not
+/// committed yet) or `after_lease_taken` (the refresh lease is held and no
+/// token request was sent). Nothing else reads the variable.
 #[cfg(feature = "failpoints")]
-const FAILPOINT_VAR: &str = "GATEHOUSE_FAILPOINT";
-#[cfg(feature = "failpoints")]
-const FAILPOINT_AFTER_ROTATION: &str = "after_rotation_received";
+fn failpoint(name: &str) {
+    if std::env::var("GATEHOUSE_FAILPOINT").as_deref() == Ok(name) {
+        std::process::abort();
+    }
+}
 
 /// Which OAuth grant an upstream uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +180,8 @@ impl Grant {
                 return Ok(answer);
             }
             if let Some(fence) = store.take_lease(upstream, holder_id(), self.timing.lease).await.map_err(store_error)? {
+                #[cfg(feature = "failpoints")]
+                failpoint("after_lease_taken");
                 return self.refresh_under_lease(&**store, fence).await;
             }
             let now = Instant::now();
@@ -220,8 +226,8 @@ impl Grant {
         };
         let rotated = answer.refresh_token.as_ref().filter(|new| **new != stored);
         #[cfg(feature = "failpoints")]
-        if rotated.is_some() && std::env::var(FAILPOINT_VAR).as_deref() == Ok(FAILPOINT_AFTER_ROTATION) {
-            std::process::abort();
+        if rotated.is_some() {
+            failpoint("after_rotation_received");
         }
         let issued_at = unix_now();
         let shared = SharedAccess { value: answer.access_token.clone(), issued_at, expires_at: issued_at + answer.lifetime.as_secs_f64() };
