@@ -338,3 +338,86 @@ async fn private_key_jwt_upstreams_get_provider_tokens() {
     assert!(!failed.is_empty() && failed.iter().all(|r| r["outcome"] == "error"), "{failed:?}");
     assert!(provider.log().contains("grant.error"), "the provider refused the rogue assertion:\n{}", provider.log());
 }
+
+/// Three replicas on one PostgreSQL store share a refresh token from a real
+/// code flow at oidc-provider, which rotates it at every use and refuses a
+/// token used twice; access tokens live 2 s. Under steady load: every
+/// request answered, oidc-provider never refuses a refresh, and about as
+/// many refreshes as one instance makes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_a_rotating_refresh_token_at_the_provider() {
+    let soak = std::time::Duration::from_secs(std::env::var("GATEHOUSE_REPLICA_SOAK_S").ok().and_then(|s| s.parse().ok()).unwrap_or(20));
+    let provider = OidcProvider::start_with_access_ttl(2);
+    let token_url = provider.token_endpoint().await;
+    let original = provider.code_flow("alice").await["refresh_token"].as_str().expect("refresh_token").to_owned();
+    let env = TestEnv::new().await;
+    let up = TestUpstream::http().await;
+    let database = common::postgres::TestDatabase::create().await;
+    env.write_policy("all.toml", ALLOW_ALL);
+    write_file(&env, "secrets/webapp", WEBAPP.1);
+    let key = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+    let rest = format!(
+        "[store]\npath = \"{db}\"\nkey_env = \"GATEHOUSE_STORE_KEY\"\nlease_s = 5\n\n{}",
+        upstream(
+            "svc",
+            &up.http_url(),
+            &format!(
+                "kind = \"refresh_token\"\ntoken_url = \"{token_url}\"\nclient_id = \"{}\"\nclient_secret_file = \"secrets/webapp\"\n\
+                 scopes = [\"test\"]\nresource = \"{RESOURCE}\"",
+                WEBAPP.0
+            )
+        ),
+        db = database.url,
+    );
+    let config = env.write_config_with(&provider.issuer_block(), &rest);
+    let vars = [("GATEHOUSE_STORE_KEY", key)];
+    common::credentials_set(&config, "svc", &vars, &original);
+    let replicas: Vec<_> = (0..3).map(|_| common::ChildProxy::spawn_with_env(&config, &vars)).collect();
+    for r in &replicas {
+        common::wait_ready(r.admin).await;
+    }
+    let caller = provider.client_credentials_token("test").await;
+    let started = std::time::Instant::now();
+    let load: Vec<_> = replicas
+        .iter()
+        .map(|r| {
+            let (c, addr, caller) = (client::h1(&env.certs.ca), r.addr, caller.clone());
+            tokio::spawn(async move {
+                let (mut sent, mut failed) = (0u64, Vec::new());
+                while started.elapsed() < soak {
+                    let r = get(&c, addr, "/svc/me", Some(&caller)).await;
+                    sent += 1;
+                    if r.status != 200 {
+                        failed.push(format!("{} {}", r.status, String::from_utf8_lossy(&r.body)));
+                    }
+                }
+                (sent, failed)
+            })
+        })
+        .collect();
+    let (mut sent, mut failed) = (0, Vec::new());
+    for l in load {
+        let (s, f) = l.await.expect("load task");
+        sent += s;
+        failed.extend(f);
+    }
+    let log = provider.log();
+    let refreshed = log.lines().filter(|l| l.starts_with("grant.success: refresh_token")).count();
+    let refused = log.lines().filter(|l| l.starts_with("grant.error")).count();
+    let one_instance = soak.as_secs_f64() / 0.8;
+    eprintln!(
+        "3 replicas at oidc-provider, {soak:?}: {sent} requests, {} failed; {refreshed} refreshes, {refused} refused (one instance: about {one_instance:.0})",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{} failed, first: {:?}", failed.len(), failed.first());
+    assert_eq!(refused, 0, "oidc-provider refused a refresh:\n{log}");
+    assert!((refreshed as f64) <= one_instance * 1.25 + 3.0, "{refreshed} refreshes for 3 replicas");
+    assert!(refreshed >= 3, "tokens of 2 s were refreshed: {refreshed}");
+    drop(replicas);
+    // The stored token is the live one at the provider.
+    let stored = common::stored_in(&database.url, key, "svc").await.expect("a refresh token is stored");
+    let (status, answer) = provider
+        .token_request(Some(WEBAPP), &[("grant_type", "refresh_token"), ("refresh_token", &stored), ("resource", RESOURCE)])
+        .await;
+    assert_eq!(status, 200, "the stored refresh token still works at the provider: {answer}");
+}

@@ -164,6 +164,20 @@ pub async fn stored(env: &TestEnv, key_b64: &str, upstream: &str) -> Option<Stri
     store.get(upstream).await.expect("store get").map(|s| s.expose().to_owned())
 }
 
+/// The refresh token a PostgreSQL store at `url` holds for `upstream`.
+pub async fn stored_in(url: &str, key_b64: &str, upstream: &str) -> Option<String> {
+    let key = gatehouse::store::StoreKey::from_base64(key_b64).expect("key");
+    let tls = rustls::ClientConfig::builder_with_provider(gatehouse::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let options = gatehouse::store::PostgresOptions { password: None, pool_size: 1, connect_timeout: Duration::from_secs(5), tls };
+    let store = gatehouse::store::PostgresStore::connect(url, vec![key], options).await.expect("open store");
+    let store: &dyn gatehouse::store::CredentialStore = &store;
+    store.get(upstream).await.expect("store get").map(|s| s.expose().to_owned())
+}
+
 /// gatehouse running in this process.
 pub struct Proxy {
     pub addr: SocketAddr,

@@ -79,7 +79,16 @@ impl OidcProvider {
     /// Starts the provider; `signer_keys` register client `signer` (private_key_jwt).
     pub fn start_with(signer_keys: &[SignerKey<'_>]) -> OidcProvider {
         let keys: Vec<Value> = signer_keys.iter().map(|k| json!({"kid": k.kid, "pem": k.public_pem})).collect();
-        let options = json!({"port": 0, "signerKeys": keys});
+        Self::start_options(json!({"port": 0, "signerKeys": keys}))
+    }
+
+    /// Starts the provider issuing access tokens for the resource server
+    /// that live `seconds`.
+    pub fn start_with_access_ttl(seconds: u64) -> OidcProvider {
+        Self::start_options(json!({"port": 0, "accessTokenTtl": seconds}))
+    }
+
+    fn start_options(options: Value) -> OidcProvider {
         let mut child = node()
             .arg("provider.mjs")
             .arg(options.to_string())

@@ -2,9 +2,10 @@
 //
 //   node provider.mjs [OPTIONS_JSON]
 //
-// OPTIONS_JSON (optional): {"port": 0, "signerKeys": [{"kid": "k1", "pem": "-----BEGIN PUBLIC KEY-----..."}]}
-//   port        port to listen on at 127.0.0.1 (0 = chosen by the OS)
-//   signerKeys  public keys (SPKI PEM) of the private_key_jwt client `signer`
+// OPTIONS_JSON (optional): {"port": 0, "signerKeys": [{"kid": "k1", "pem": "-----BEGIN PUBLIC KEY-----..."}], "accessTokenTtl": 600}
+//   port            port to listen on at 127.0.0.1 (0 = chosen by the OS)
+//   signerKeys      public keys (SPKI PEM) of the private_key_jwt client `signer`
+//   accessTokenTtl  lifetime in seconds of the resource server's access tokens (600)
 //
 // Prints `READY <port>` on stdout once it is listening; the issuer is
 // `http://127.0.0.1:<port>`. Exits when stdin closes, so it never outlives
@@ -81,7 +82,7 @@ const configuration = {
   },
   scopes: ['openid', 'offline_access', 'test', 'api'],
   ttl: {
-    AccessToken: 600,
+    AccessToken: options.accessTokenTtl ?? 600,
     AuthorizationCode: 60,
     ClientCredentials: 600,
     Grant: 3600,
@@ -104,6 +105,7 @@ const configuration = {
           scope: 'test api',
           audience: 'gatehouse',
           accessTokenFormat: 'jwt',
+          accessTokenTTL: options.accessTokenTtl ?? 600,
           jwt: { sign: { alg: 'RS256' } },
         };
       },
