@@ -416,8 +416,7 @@ async fn three_replicas_share_a_rotating_refresh_token_at_the_provider() {
     drop(replicas);
     // The stored token is the live one at the provider.
     let stored = common::stored_in(&database.url, key, "svc").await.expect("a refresh token is stored");
-    let (status, answer) = provider
-        .token_request(Some(WEBAPP), &[("grant_type", "refresh_token"), ("refresh_token", &stored), ("resource", RESOURCE)])
-        .await;
+    let (status, answer) =
+        provider.token_request(Some(WEBAPP), &[("grant_type", "refresh_token"), ("refresh_token", &stored), ("resource", RESOURCE)]).await;
     assert_eq!(status, 200, "the stored refresh token still works at the provider: {answer}");
 }

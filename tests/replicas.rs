@@ -97,11 +97,26 @@ async fn three_replicas_refresh_once_per_token_lifetime_and_never_reuse_a_refres
     let refreshes: Vec<_> = api.token_requests().into_iter().filter(|r| r.grant == "refresh_token").collect();
     let refused = refreshes.iter().filter(|r| r.status != 200).count();
     let one_instance = soak.as_secs_f64() / 0.8;
+    // Convergence: from each new token's issue to the last use of the one
+    // before it by any replica (the old one is still valid meanwhile).
+    let issued = api.issued();
+    let presented = api.presented();
+    let lags: Vec<Duration> = issued
+        .windows(2)
+        .filter_map(|pair| {
+            let last_old = presented.iter().filter(|p| p.token.as_deref() == Some(pair[0].token.as_str())).map(|p| p.at).max()?;
+            Some(last_old.saturating_duration_since(pair[1].at))
+        })
+        .collect();
+    let converge = lags.iter().max().copied().unwrap_or_default();
     eprintln!(
-        "3 replicas, {soak:?}: {sent} requests, {} failed; {} token requests ({refused} refused; one instance would make about {one_instance:.0})",
+        "3 replicas, {soak:?}: {sent} requests, {} failed; {} token requests ({refused} refused; one instance would make about {one_instance:.0}); \
+         all replicas on a new token within {converge:?} of its issue (worst of {})",
         failed.len(),
-        refreshes.len()
+        refreshes.len(),
+        lags.len()
     );
+    assert!(converge < Duration::from_secs(2), "the old token was still in use {converge:?} after the new one: past its lifetime");
     assert!(failed.is_empty(), "{} failed, first: {:?}", failed.len(), failed.first());
     assert_eq!(refused, 0, "a refresh token was used twice (invalid_grant)");
     assert!((refreshes.len() as f64) <= one_instance * 1.25 + 3.0, "{} token requests for 3 replicas", refreshes.len());
