@@ -109,6 +109,10 @@ async fn three_replicas_refresh_once_per_token_lifetime_and_never_reuse_a_refres
         })
         .collect();
     let converge = lags.iter().max().copied().unwrap_or_default();
+    if std::env::var("GATEHOUSE_DEBUG_REFRESH").is_ok() {
+        let gaps: Vec<u128> = refreshes.windows(2).map(|w| (w[1].at - w[0].at).as_millis()).collect();
+        eprintln!("gaps between refreshes (ms): {gaps:?}\nlags (ms): {:?}", lags.iter().map(Duration::as_millis).collect::<Vec<_>>());
+    }
     eprintln!(
         "3 replicas, {soak:?}: {sent} requests, {} failed; {} token requests ({refused} refused; one instance would make about {one_instance:.0}); \
          all replicas on a new token within {converge:?} of its issue (worst of {})",
@@ -116,10 +120,10 @@ async fn three_replicas_refresh_once_per_token_lifetime_and_never_reuse_a_refres
         refreshes.len(),
         lags.len()
     );
-    assert!(converge < Duration::from_secs(2), "the old token was still in use {converge:?} after the new one: past its lifetime");
+    assert!(converge < Duration::from_secs(1), "the old token was still in use {converge:?} after the new one was committed");
     assert!(failed.is_empty(), "{} failed, first: {:?}", failed.len(), failed.first());
     assert_eq!(refused, 0, "a refresh token was used twice (invalid_grant)");
-    assert!((refreshes.len() as f64) <= one_instance * 1.25 + 3.0, "{} token requests for 3 replicas", refreshes.len());
+    assert!((refreshes.len() as f64) <= one_instance + 4.0, "{} token requests for 3 replicas", refreshes.len());
     assert!(sent > 300, "steady load: {sent} requests");
 }
 

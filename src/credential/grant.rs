@@ -182,6 +182,17 @@ impl Grant {
             if let Some(fence) = store.take_lease(upstream, holder_id(), self.timing.lease).await.map_err(store_error)? {
                 #[cfg(feature = "failpoints")]
                 failpoint("after_lease_taken");
+                // Another replica may have committed (and given the lease
+                // back) between the look above and this taking: look again,
+                // holding the lease, so that a token is never refreshed twice.
+                if let Some(shared) = store.shared_access(upstream).await.map_err(store_error)?
+                    && let Some(answer) = adoptable(shared, &self.timing)
+                {
+                    if let Err(e) = store.release_lease(upstream, fence).await {
+                        tracing::warn!(upstream, error = %e, "refresh lease not released; it ends at its expiry");
+                    }
+                    return Ok(answer);
+                }
                 return self.refresh_under_lease(&**store, fence).await;
             }
             let now = Instant::now();

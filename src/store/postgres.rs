@@ -142,6 +142,8 @@ impl PostgresStore {
             .map_err(|e| StoreError::Backend(format!("connection pool: {e}")))?;
         let store = Self { pool, keys, up: AtomicBool::new(false), config, tls, changes: tokio::sync::OnceCell::new() };
         store.migrate().await?;
+        // Listening from the start: the first wait finds the listener ready.
+        drop(store.changes().await);
         Ok(store)
     }
 
@@ -395,7 +397,24 @@ impl CredentialStore for PostgresStore {
     fn wait_change(&self, upstream: &str, timeout: Duration) -> BoxFuture<'_, ()> {
         let upstream = upstream.to_owned();
         Box::pin(async move {
+            // Listen first, then look: a commit between the two is seen by
+            // the look, one after it by the listener. Nothing is missed.
             let mut changes = self.changes().await;
+            let free = match self.client().await {
+                Ok(client) => client
+                    .query_opt(
+                        "SELECT holder IS NULL OR expires_at < now() FROM gatehouse_refresh_leases WHERE upstream = $1",
+                        &[&upstream],
+                    )
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_none_or(|row| row.get::<_, bool>(0)),
+                Err(_) => false,
+            };
+            if free {
+                return;
+            }
             let wait = async {
                 loop {
                     match changes.recv().await {
