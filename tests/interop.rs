@@ -339,6 +339,35 @@ async fn private_key_jwt_upstreams_get_provider_tokens() {
     assert!(provider.log().contains("grant.error"), "the provider refused the rogue assertion:\n{}", provider.log());
 }
 
+const STORE_KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+
+/// Replicas' config: upstream `svc` with a refresh_token credential at the
+/// provider (client `webapp`), the store in `database` (lease 5 s).
+fn replica_config(
+    env: &TestEnv,
+    provider: &OidcProvider,
+    token_url: &str,
+    database: &common::postgres::TestDatabase,
+    up: &TestUpstream,
+) -> std::path::PathBuf {
+    env.write_policy("all.toml", ALLOW_ALL);
+    write_file(env, "secrets/webapp", WEBAPP.1);
+    let rest = format!(
+        "[store]\npath = \"{db}\"\nkey_env = \"GATEHOUSE_STORE_KEY\"\nlease_s = 5\n\n{}",
+        upstream(
+            "svc",
+            &up.http_url(),
+            &format!(
+                "kind = \"refresh_token\"\ntoken_url = \"{token_url}\"\nclient_id = \"{}\"\nclient_secret_file = \"secrets/webapp\"\n\
+                 scopes = [\"test\"]\nresource = \"{RESOURCE}\"",
+                WEBAPP.0
+            )
+        ),
+        db = database.url,
+    );
+    env.write_config_with(&provider.issuer_block(), &rest)
+}
+
 /// Three replicas on one PostgreSQL store share a refresh token from a real
 /// code flow at oidc-provider, which rotates it at every use and refuses a
 /// token used twice; access tokens live 2 s. Under steady load: every
@@ -353,23 +382,8 @@ async fn three_replicas_share_a_rotating_refresh_token_at_the_provider() {
     let env = TestEnv::new().await;
     let up = TestUpstream::http().await;
     let database = common::postgres::TestDatabase::create().await;
-    env.write_policy("all.toml", ALLOW_ALL);
-    write_file(&env, "secrets/webapp", WEBAPP.1);
-    let key = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
-    let rest = format!(
-        "[store]\npath = \"{db}\"\nkey_env = \"GATEHOUSE_STORE_KEY\"\nlease_s = 5\n\n{}",
-        upstream(
-            "svc",
-            &up.http_url(),
-            &format!(
-                "kind = \"refresh_token\"\ntoken_url = \"{token_url}\"\nclient_id = \"{}\"\nclient_secret_file = \"secrets/webapp\"\n\
-                 scopes = [\"test\"]\nresource = \"{RESOURCE}\"",
-                WEBAPP.0
-            )
-        ),
-        db = database.url,
-    );
-    let config = env.write_config_with(&provider.issuer_block(), &rest);
+    let config = replica_config(&env, &provider, &token_url, &database, &up);
+    let key = STORE_KEY;
     let vars = [("GATEHOUSE_STORE_KEY", key)];
     common::credentials_set(&config, "svc", &vars, &original);
     let replicas: Vec<_> = (0..3).map(|_| common::ChildProxy::spawn_with_env(&config, &vars)).collect();
@@ -419,4 +433,48 @@ async fn three_replicas_share_a_rotating_refresh_token_at_the_provider() {
     let (status, answer) =
         provider.token_request(Some(WEBAPP), &[("grant_type", "refresh_token"), ("refresh_token", &stored), ("resource", RESOURCE)]).await;
     assert_eq!(status, 200, "the stored refresh token still works at the provider: {answer}");
+}
+
+/// A replica that dies (abort, as kill -9 stops it) right after taking the
+/// refresh lease, before its token request: another replica takes over
+/// once the 5 s lease ends and answers its caller, and the refresh token
+/// stored afterwards still works at oidc-provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_holding_the_lease_leaves_a_working_refresh_token_at_the_provider() {
+    let provider = OidcProvider::start();
+    let token_url = provider.token_endpoint().await;
+    let original = provider.code_flow("alice").await["refresh_token"].as_str().expect("refresh_token").to_owned();
+    let env = TestEnv::new().await;
+    let up = TestUpstream::http().await;
+    let database = common::postgres::TestDatabase::create().await;
+    let config = replica_config(&env, &provider, &token_url, &database, &up);
+    let vars = [("GATEHOUSE_STORE_KEY", STORE_KEY)];
+    common::credentials_set(&config, "svc", &vars, &original);
+    let mut doomed = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .envs(vars)
+        .env("GATEHOUSE_FAILPOINT", "after_lease_taken")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn gatehouse");
+    let status = common::wait_exit(&mut doomed).await;
+    let died = std::time::Instant::now();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(6), "died at the failpoint: {status:?}");
+    let survivor = common::ChildProxy::spawn_with_env(&config, &vars);
+    common::wait_ready(survivor.admin).await;
+    let caller = provider.client_credentials_token("test").await;
+    let r = get(&client::h1(&env.certs.ca), survivor.addr, "/svc/me", Some(&caller)).await;
+    let waited = died.elapsed();
+    assert_eq!(r.status, 200, "{}\nprovider log:\n{}", String::from_utf8_lossy(&r.body), provider.log());
+    assert!(waited < std::time::Duration::from_secs(10), "taken over once the 5 s lease ended: {waited:?}");
+    drop(survivor);
+    let stored = common::stored_in(&database.url, STORE_KEY, "svc").await.expect("a refresh token is stored");
+    assert_ne!(stored, original, "the survivor rotated it");
+    let (status, answer) =
+        provider.token_request(Some(WEBAPP), &[("grant_type", "refresh_token"), ("refresh_token", &stored), ("resource", RESOURCE)]).await;
+    assert_eq!(status, 200, "the stored refresh token works at the provider: {answer}");
+    eprintln!("lease holder killed: the survivor answered {waited:?} after the death; the stored token works at oidc-provider");
 }
