@@ -128,8 +128,6 @@ pub enum StoreError {
     },
     /// The backend failed (I/O, SQL, a lost worker thread).
     Backend(String),
-    /// The location names a backend this build does not have.
-    Unsupported(String),
 }
 
 impl fmt::Display for StoreError {
@@ -138,7 +136,6 @@ impl fmt::Display for StoreError {
             Self::Key(why) => write!(f, "credential store key: {why}"),
             Self::Decrypt { upstream, reason } => write!(f, "stored credential for upstream {upstream} cannot be decrypted: {reason}"),
             Self::Backend(why) => write!(f, "credential store: {why}"),
-            Self::Unsupported(why) => write!(f, "credential store: {why}"),
         }
     }
 }

@@ -212,6 +212,30 @@ impl PostgresStore {
         sender.subscribe()
     }
 
+    /// Within `tx`: replaces the refresh token of `upstream` with `sealed`
+    /// if it still is `old`. The row lock makes the compare and the swap one
+    /// step for every replica; `false` when it changed (or is gone).
+    async fn swap_refresh(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        upstream: &str,
+        old: &Secret,
+        sealed: &[u8],
+    ) -> Result<bool, StoreError> {
+        let row = tx
+            .query_opt("SELECT value FROM gatehouse_refresh_tokens WHERE upstream = $1 FOR UPDATE", &[&upstream])
+            .await
+            .map_err(|e| self.failed(e))?;
+        let Some(row) = row else { return Ok(false) };
+        if !same(self.unseal(upstream, row.get::<_, &[u8]>(0))?.expose(), old.expose()) {
+            return Ok(false);
+        }
+        tx.execute("UPDATE gatehouse_refresh_tokens SET value = $2, updated_at = now() WHERE upstream = $1", &[&upstream, &sealed])
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(true)
+    }
+
     fn seal(&self, upstream: &str, value: &Secret) -> Result<Vec<u8>, StoreError> {
         let key = self.keys.first().ok_or_else(|| StoreError::Key("no store key configured".to_owned()))?;
         envelope::seal(key, upstream, value.expose().as_bytes())
@@ -262,21 +286,10 @@ impl CredentialStore for PostgresStore {
         Box::pin(async move {
             let sealed = self.seal(&upstream, &new)?;
             let mut client = self.client().await?;
-            // The row lock makes the compare and the swap one step for
-            // every replica.
             let tx = client.transaction().await.map_err(|e| self.failed(e))?;
-            let row = tx
-                .query_opt("SELECT value FROM gatehouse_refresh_tokens WHERE upstream = $1 FOR UPDATE", &[&upstream])
-                .await
-                .map_err(|e| self.failed(e))?;
-            let Some(row) = row else { return Ok(false) };
-            let current = self.unseal(&upstream, row.get::<_, &[u8]>(0))?;
-            if !same(current.expose(), old.expose()) {
+            if !self.swap_refresh(&tx, &upstream, &old, &sealed).await? {
                 return Ok(false);
             }
-            tx.execute("UPDATE gatehouse_refresh_tokens SET value = $2, updated_at = now() WHERE upstream = $1", &[&upstream, &sealed])
-                .await
-                .map_err(|e| self.failed(e))?;
             tx.commit().await.map_err(|e| self.failed(e))?;
             Ok(true)
         })
@@ -363,18 +376,10 @@ impl CredentialStore for PostgresStore {
             if lease.map(|r| r.get::<_, i64>(0)) != Some(fence) {
                 return Ok(false);
             }
-            if let Some(sealed) = &sealed_refresh {
-                let row = tx
-                    .query_opt("SELECT value FROM gatehouse_refresh_tokens WHERE upstream = $1 FOR UPDATE", &[&upstream])
-                    .await
-                    .map_err(|e| self.failed(e))?;
-                let Some(row) = row else { return Ok(false) };
-                if !same(self.unseal(upstream, row.get::<_, &[u8]>(0))?.expose(), old.expose()) {
-                    return Ok(false);
-                }
-                tx.execute("UPDATE gatehouse_refresh_tokens SET value = $2, updated_at = now() WHERE upstream = $1", &[&upstream, sealed])
-                    .await
-                    .map_err(|e| self.failed(e))?;
+            if let Some(sealed) = &sealed_refresh
+                && !self.swap_refresh(&tx, upstream, old, sealed).await?
+            {
+                return Ok(false);
             }
             tx.execute(
                 "INSERT INTO gatehouse_access_tokens (upstream, value, issued_at, expires_at, fence)
